@@ -1,0 +1,139 @@
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Documentation of the app definition shared by every module (see module_utils/_app.py)."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  app:
+    description:
+      - The app, as declared in the inventory's C(rollback_apps) list.
+      - One Docker Compose project on this host.
+    type: dict
+    required: true
+    suboptions:
+      name:
+        description:
+          - Name of the app; names its ledger directory and, unless O(app.project_name) is set, its Compose project.
+          - Lower-case letters, digits, C(-) and C(_).
+        type: str
+        required: true
+      project_dir:
+        description: Directory that holds the compose file(s) and the C(.env) file.
+        type: path
+        required: true
+      project_name:
+        description: Compose project name. Defaults to O(app.name).
+        type: str
+      compose_files:
+        description:
+          - Compose files, relative to O(app.project_dir) or absolute, in the order Compose merges them.
+          - Defaults to the first of C(compose.yaml), C(compose.yml), C(docker-compose.yaml), C(docker-compose.yml).
+        type: list
+        elements: str
+      env_file:
+        description:
+          - The project's env file, relative to O(app.project_dir) or absolute.
+          - Its values are read for interpolation and fingerprints, never recorded or logged.
+        type: str
+        default: .env
+      health:
+        description: How to ask the app whether it is healthy.
+        type: dict
+        suboptions:
+          url:
+            description: Health URL, answered with a 2xx status when the app is healthy.
+            type: str
+          urls:
+            description: Further URLs probed by health gates.
+            type: list
+            elements: str
+            default: []
+          timeout:
+            description: Seconds to wait for one answer.
+            type: float
+            default: 3.0
+      databases:
+        description: Databases captured by logical dumps.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          service:
+            description: Compose service running the database.
+            type: str
+            required: true
+          engine:
+            description: Database engine.
+            type: str
+            required: true
+            choices: [postgres, mysql, mariadb, sqlite]
+          database:
+            description: Database name (for C(sqlite), a name for the dump).
+            type: str
+            required: true
+          user:
+            description: Database user; connections use the container's local socket, so no password is passed.
+            type: str
+          path:
+            description: For C(sqlite), the database file's path inside the container.
+            type: str
+      volumes:
+        description:
+          - Named volumes to capture, by their name in the compose file.
+          - Defaults to every named volume of the project.
+        type: list
+        elements: str
+      paths:
+        description: Bind-mounted directories to capture, relative to O(app.project_dir).
+        type: list
+        elements: str
+        default: []
+      schema_probe:
+        description: SQL that returns the app's schema version, run in a database service.
+        type: dict
+        suboptions:
+          service:
+            description: Compose service to run the query in.
+            type: str
+            required: true
+          sql:
+            description: Query returning one value.
+            type: str
+            required: true
+          database:
+            description: Database to query. Defaults to the first O(app.databases) entry of that service.
+            type: str
+          user:
+            description: Database user. Defaults to the first O(app.databases) entry of that service.
+            type: str
+      version_locks:
+        description: Groups of services that must always run the same version.
+        type: list
+        elements: list
+        default: []
+      artifacts:
+        description: Extra artifacts recorded by digest in a release (model files, or a command's output such as a model list).
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          name:
+            description: Name of the artifact in the release.
+            type: str
+            required: true
+          path:
+            description: File or directory, relative to O(app.project_dir) or absolute.
+            type: str
+          command:
+            description: Command (argv list) whose output is recorded by digest.
+            type: list
+            elements: str
+  store:
+    description: Root of the ledger on the managed host; each app has a directory below it.
+    type: path
+    default: /var/lib/selfhost-rollback
+"""
