@@ -214,3 +214,69 @@ def scrub(data: t.Any, secrets: list[str]) -> t.Any:
     if isinstance(data, (list, tuple)):
         return [scrub(v, secrets) for v in data]
     return data
+
+
+def service_container(client: t.Any, app: dict[str, t.Any], service: str, running: bool = True) -> t.Any:
+    """The (first) container of ``service`` in the app's Compose project."""
+    filters = {"label": [f"com.docker.compose.project={app['project_name']}", f"com.docker.compose.service={service}"]}
+    containers = client.containers.list(all=not running, filters=filters)
+    if not containers:
+        state = "running " if running else ""
+        raise OperatorError(
+            f"app {app['name']}: no {state}container for service {service!r} in Compose project {app['project_name']}; "
+            "check the service name, or start the app (docker compose up -d)"
+        )
+    return sorted(containers, key=lambda c: c.name)[0]
+
+
+def exec_in_service(client: t.Any, app: dict[str, t.Any], service: str, argv: list[str],
+                    user: str | None = None) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in the service's container (no shell); return rc, stdout, stderr."""
+    container = service_container(client, app, service)
+    kwargs: dict[str, t.Any] = {"demux": True}
+    if user:
+        kwargs["user"] = user
+    result = container.exec_run(argv, **kwargs)
+    stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, b"")
+    return int(result.exit_code), stdout or b"", stderr or b""
+
+
+def database_for(app: dict[str, t.Any], service: str) -> dict[str, t.Any]:
+    for database in app.get("databases") or []:
+        if database["service"] == service:
+            return database
+    return {}
+
+
+def sql_argv(engine: str, database: str, user: str | None, sql: str) -> list[str]:
+    """A client command that prints one bare value per row (local socket, no password)."""
+    if engine == "postgres":
+        return ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", user or "postgres", "-d", database, "-tAc", sql]
+    if engine in ("mysql", "mariadb"):
+        return ["mysql", "-N", "-B", "-u", user or "root", database, "-e", sql]
+    raise OperatorError(f"no SQL client known for engine {engine!r}")
+
+
+def schema_version(client: t.Any, app: dict[str, t.Any]) -> str | None:
+    """The app's schema version from its ``schema_probe``, or None when none is declared."""
+    probe = app.get("schema_probe")
+    if not probe:
+        return None
+    declared = database_for(app, probe["service"])
+    engine = declared.get("engine", "postgres")
+    database = probe.get("database") or declared.get("database")
+    user = probe.get("user") or declared.get("user")
+    if not database:
+        raise OperatorError(f"app {app['name']}: schema_probe needs a database (set schema_probe.database or declare it in databases)")
+    if engine == "sqlite":
+        argv = ["sqlite3", declared.get("path") or database, probe["sql"]]
+    else:
+        argv = sql_argv(engine, database, user, probe["sql"])
+    rc, out, err = exec_in_service(client, app, probe["service"], argv)
+    if rc != 0:
+        raise OperatorError(
+            f"app {app['name']}: the schema probe failed in service {probe['service']} (rc {rc}): "
+            f"{last_lines(err.decode(errors='replace'))}; check schema_probe.sql and the database name"
+        )
+    value = out.decode(errors="replace").strip().splitlines()
+    return value[0].strip() if value else None
