@@ -1,0 +1,190 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: app_info
+short_description: Report what an app runs now, and whether it answers
+version_added: 0.1.0
+description:
+  - Reads the app's Compose project from the Docker Engine and reports every service's
+    container, state, health, image and image digest, the published ports, and the
+    answer of the app's health URL.
+  - Validates the app definition (project directory, compose files) on the way, so it
+    is the first task of every role in this collection.
+  - Changes nothing.
+author:
+  - selfhost.rollback contributors
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  probe_health:
+    description: Request O(app.health.url) and report the answer.
+    type: bool
+    default: true
+requirements:
+  - Docker SDK for Python 7.0 or newer
+  - the Compose v2 CLI plugin (C(docker compose))
+notes:
+  - Secret values from the project's env file never appear in the result.
+"""
+
+EXAMPLES = r"""
+- name: Show what the notes app runs
+  selfhost.rollback.app_info:
+    app:
+      name: notes
+      project_dir: /srv/notes
+      health:
+        url: http://127.0.0.1:8080/healthz
+  register: notes_info
+
+- name: Print where it answers
+  ansible.builtin.debug:
+    msg: "{{ notes_info.health.url }} answered {{ notes_info.health.status }}"
+"""
+
+RETURN = r"""
+project_name:
+  description: The Compose project name.
+  returned: always
+  type: str
+  sample: notes
+compose_files:
+  description: The compose files, in merge order.
+  returned: always
+  type: list
+  elements: str
+  sample: [/srv/notes/compose.yaml]
+services:
+  description: One entry per service declared in the compose files.
+  returned: always
+  type: dict
+  sample:
+    app:
+      declared_image: 127.0.0.1:5000/selfhost/notes:1.0
+      container: notes-app-1
+      container_id: 3f2a9c1d0b7e
+      state: running
+      health: healthy
+      image_id: sha256:78d65fffd3cc
+      repo_digests: ["127.0.0.1:5000/selfhost/notes@sha256:ec5f..."]
+      ports: ["127.0.0.1:8080->8080/tcp"]
+running:
+  description: Whether every declared service has a running container.
+  returned: always
+  type: bool
+health:
+  description: The health URL's answer (V(null) when O(app.health.url) is not set or O(probe_health=false)).
+  returned: always
+  type: dict
+  sample: {url: "http://127.0.0.1:8080/healthz", status: 200, ok: true, body: {status: ok, version: "1.0"}, seconds: 0.004}
+"""
+
+import json
+import time
+import typing as t
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    Compose,
+    DockerException,
+    OperatorError,
+    docker_client,
+    project_containers,
+    require_docker_sdk,
+    scrub,
+    secret_values,
+)
+
+
+def probe(url: str, timeout: float) -> dict[str, t.Any]:
+    started = time.monotonic()
+    status, body, error = 0, None, None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status, raw = response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read(65536)
+    except (OSError, ValueError) as exc:
+        raw, error = b"", str(getattr(exc, "reason", exc))
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw.decode(errors="replace")[:500]
+    result = {"url": url, "status": status, "ok": 200 <= status < 300, "body": body,
+              "seconds": round(time.monotonic() - started, 4)}
+    if error:
+        result["error"] = error
+    return result
+
+
+def describe(client: t.Any, app: dict[str, t.Any], declared: dict[str, t.Any]) -> dict[str, t.Any]:
+    services: dict[str, t.Any] = {}
+    by_service: dict[str, t.Any] = {}
+    for container in project_containers(client, app["project_name"]):
+        by_service.setdefault(container.labels.get("com.docker.compose.service"), container)
+    for name in sorted(declared):
+        entry: dict[str, t.Any] = {"declared_image": declared[name].get("image"), "container": None,
+                                   "container_id": None, "state": "absent", "health": None,
+                                   "image_id": None, "repo_digests": [], "ports": []}
+        container = by_service.get(name)
+        if container is not None:
+            state = container.attrs.get("State", {})
+            entry.update(container=container.name, container_id=container.id[:12], state=state.get("Status"),
+                         health=(state.get("Health") or {}).get("Status"), image_id=container.attrs.get("Image"))
+            try:
+                entry["repo_digests"] = client.images.get(entry["image_id"]).attrs.get("RepoDigests") or []
+            except DockerException:
+                entry["repo_digests"] = []
+            for port, bindings in sorted((container.attrs.get("NetworkSettings", {}).get("Ports") or {}).items()):
+                for binding in bindings or []:
+                    entry["ports"].append(f"{binding.get('HostIp')}:{binding.get('HostPort')}->{port}")
+        services[name] = entry
+    return services
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=app_argument_spec(probe_health={"type": "bool", "default": True}),
+                           supports_check_mode=True)
+    require_docker_sdk(module)
+    name = module.params["app"]["name"]
+    try:
+        app = validate_app(module.params["app"])
+        secrets = secret_values(app)
+        declared = Compose(app).config().get("services", {})
+        services = describe(docker_client(), app, declared)
+        health = None
+        if module.params["probe_health"] and (app.get("health") or {}).get("url"):
+            health = probe(app["health"]["url"], app["health"]["timeout"])
+    except (AppError, OperatorError) as exc:
+        module.fail_json(msg=str(exc))
+    except DockerException as exc:
+        module.fail_json(msg=f"app {name}: the Docker Engine refused a request ({exc}); check that dockerd is running and this user may use it")
+    result = {
+        "changed": False,
+        "project_name": app["project_name"],
+        "compose_files": app["compose_files"],
+        "services": services,
+        "running": bool(services) and all(s["state"] == "running" for s in services.values()),
+        "health": health,
+    }
+    module.exit_json(**scrub(result, secrets))
+
+
+if __name__ == "__main__":
+    main()
