@@ -53,7 +53,7 @@ PY
 
 run_molecule() {
   say "molecule (default scenario: converge, idempotence, verify)"
-  molecule test -s default
+  MOLECULE_PYTHON="$VENV/bin/python" molecule test -s default
 }
 
 stages=(unit integration lint sanity molecule)
