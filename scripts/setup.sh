@@ -21,8 +21,9 @@ want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.selfhost-requirements" 2>/dev/null)" != "$want" ]; then
   say "creating the virtualenv $VENV (pinned tools from requirements-dev.txt)"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" || die "could not create a venv with $PYTHON -m venv; install python3-venv."
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt \
-    || die "pip could not install requirements-dev.txt; check that PyPI is reachable."
+  # (pip's notes about absent local wheel directories are noise here)
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+  [ "${PIPESTATUS[0]}" -eq 0 ] || die "pip could not install requirements-dev.txt; check that PyPI is reachable."
   echo "$want" >"$VENV/.selfhost-requirements"
 fi
 
