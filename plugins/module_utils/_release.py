@@ -1,0 +1,271 @@
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Releases: the recorded known-good contract of an app (private to the collection).
+
+A release's id is derived from its content (everything but timestamps and archive
+bookkeeping), so recording the same running state twice finds the same release.
+Secret values never enter a record: env values become salted hashes (the salt is
+per app, ``<store>/<app>/salt``), compose files are stored without interpolation,
+and everything stored is scrubbed of the env file's secret-looking values.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import typing as t
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    Compose,
+    OperatorError,
+    canonical_json,
+    iso,
+    last_lines,
+    project_containers,
+    read_env_file,
+    salted_hash,
+    schema_version,
+    scrub,
+    sha256_bytes,
+    sha256_file,
+    stamp,
+)
+from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
+    pinned_reference,
+    read_index,
+    release_images,
+    resolve,
+)
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import (
+    RECORD_FORMAT,
+    Ledger,
+    atomic_write_bytes,
+)
+
+# fields that are facts about the recording, not about the contract
+NOT_CONTENT = ("format", "release_id", "app", "recorded_at", "content_digest", "images_archived")
+CURRENT = "current_release.json"
+
+
+# --------------------------------------------------------------------------- salt and fingerprints
+
+
+def read_salt(ledger: Ledger) -> bytes | None:
+    path = ledger.path("salt")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        return handle.read().strip()
+
+
+def ensure_salt(ledger: Ledger) -> bytes:
+    """The app's fingerprint salt, created once (0600); changing it would make every release look drifted."""
+    salt = read_salt(ledger)
+    if salt:
+        return salt
+    ledger.ensure()
+    atomic_write_bytes(ledger.path("salt"), os.urandom(32).hex().encode())
+    return t.cast(bytes, read_salt(ledger))
+
+
+def fingerprint(values: t.Mapping[str, t.Any], salt: bytes) -> dict[str, str]:
+    """Every key with a salted hash of its value (``None`` values, i.e. unset, recorded as such)."""
+    return {key: ("unset" if value is None else salted_hash(str(value), salt)) for key, value in sorted(values.items())}
+
+
+def content_digest(content: dict[str, t.Any]) -> str:
+    return sha256_bytes(canonical_json({k: v for k, v in content.items() if k not in NOT_CONTENT}))
+
+
+def release_id_for(digest: str, moment: str | None = None) -> str:
+    return f"r-{moment or stamp()}-{digest.split(':', 1)[-1][:8]}"
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def tree_digest(path: str) -> tuple[str, int, int]:
+    """Digest of a directory: every file's relative path and content, in a stable order."""
+    lines = []
+    size = 0
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                lines.append(f"{os.path.relpath(full, path)} -> {os.readlink(full)}")
+                continue
+            size += os.path.getsize(full)
+            lines.append(f"{os.path.relpath(full, path)} {sha256_file(full)}")
+    return sha256_bytes("\n".join(lines).encode()), len(lines), size
+
+
+def artifact_digest(app: dict[str, t.Any], artifact: dict[str, t.Any]) -> dict[str, t.Any]:
+    name = artifact["name"]
+    if bool(artifact.get("path")) == bool(artifact.get("command")):
+        raise OperatorError(f"app {app['name']}: artifact {name!r} needs exactly one of path or command")
+    if artifact.get("path"):
+        path = artifact["path"] if os.path.isabs(artifact["path"]) else os.path.join(app["project_dir"], artifact["path"])
+        if os.path.isdir(path):
+            digest, files, size = tree_digest(path)
+            return {"kind": "dir", "path": artifact["path"], "digest": digest, "files": files, "size": size}
+        if os.path.isfile(path):
+            return {"kind": "file", "path": artifact["path"], "digest": sha256_file(path), "size": os.path.getsize(path)}
+        raise OperatorError(f"app {app['name']}: artifact {name!r}: {path} does not exist; fix its path or remove it from artifacts")
+    argv = [str(a) for a in artifact["command"]]
+    try:
+        proc = subprocess.run(argv, cwd=app["project_dir"], capture_output=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OperatorError(f"app {app['name']}: artifact {name!r}: the command could not run ({exc})") from exc
+    if proc.returncode != 0:
+        raise OperatorError(f"app {app['name']}: artifact {name!r}: the command failed (rc {proc.returncode}): "
+                            f"{last_lines(proc.stderr.decode(errors='replace'))}")
+    # the output is recorded by digest only: it may hold anything
+    return {"kind": "command", "command": argv, "digest": sha256_bytes(proc.stdout), "size": len(proc.stdout)}
+
+
+# --------------------------------------------------------------------------- the running state
+
+
+def _template_or_hash(value: t.Any, salt: bytes) -> t.Any:
+    """Keep ``${VAR}`` templates (they show where a value comes from); hash literal values."""
+    if isinstance(value, str) and "${" in value:
+        return value
+    return "unset" if value is None else salted_hash(str(value), salt)
+
+
+def _structure(compose: Compose, salt: bytes) -> dict[str, t.Any]:
+    """The merged project without interpolation; literal environment values (e.g. from env_file) hashed."""
+    import json
+
+    proc = compose.run("config", "--no-interpolate", "--format", "json", what="reading the compose files")
+    try:
+        config = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise OperatorError(f"app {compose.app['name']}: 'docker compose config' returned no JSON: {exc}") from exc
+    for service in (config.get("services") or {}).values():
+        env = service.get("environment")
+        if isinstance(env, dict):
+            service["environment"] = {k: _template_or_hash(v, salt) for k, v in env.items()}
+    config.pop("name", None)  # the project name is recorded separately
+    return config
+
+
+def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: list[str]) -> dict[str, t.Any]:
+    """Everything a release holds, read from the host (no timestamps, no ids)."""
+    compose = Compose(app)
+    config = compose.config()  # validates and interpolates; values stay in memory only
+    containers = project_containers(client, app["project_name"])
+    if not any(c.status == "running" for c in containers):
+        raise OperatorError(
+            f"app {app['name']}: no container of Compose project {app['project_name']} is running; "
+            "a release records the running state, so deploy the app (docker compose up -d) and record again"
+        )
+    by_service: dict[str, t.Any] = {}
+    for container in sorted(containers, key=lambda c: (c.status != "running", c.name)):
+        by_service.setdefault(container.labels.get("com.docker.compose.service"), container)
+
+    services: dict[str, dict[str, t.Any]] = {}
+    for name, service in sorted((config.get("services") or {}).items()):
+        ref = service.get("image") or f"{app['project_name']}-{name}"
+        container = by_service.get(name)
+        found = resolve(client, ref, container.attrs.get("Image") if container is not None else None)
+        if found is None:
+            raise OperatorError(
+                f"app {app['name']}: service {name} has no container and its image {ref} is not on this engine; "
+                "deploy the app (docker compose up -d) or pull the image, then record again"
+            )
+        env = service.get("environment") or {}
+        services[name] = {
+            "image_ref": ref,
+            "image_id": found["image_id"],
+            "repo_digest": found["repo_digest"],
+            "pinned_ref": pinned_reference(ref, found["repo_digest"]) if found["repo_digest"] else None,
+            "source": "registry" if found["repo_digest"] else "local",
+            "build": "build" in service,
+            "environment": fingerprint(env if isinstance(env, dict) else {}, salt),
+        }
+
+    files = []
+    for path in app["compose_files"]:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        rel = os.path.relpath(path, app["project_dir"])
+        files.append({"path": path if rel.startswith("..") else rel, "sha256": sha256_bytes(raw),
+                      "content": raw.decode("utf-8", errors="replace")})
+
+    version = client.version()
+    volumes = {key: (value or {}).get("name", key) for key, value in sorted((config.get("volumes") or {}).items())}
+    state = {
+        "compose": {
+            "project_name": app["project_name"],
+            "files": files,
+            "env_file": os.path.basename(app["env_file"]) if os.path.isfile(app["env_file"]) else None,
+            "config": _structure(compose, salt),
+        },
+        "services": services,
+        "config_fingerprint": fingerprint(read_env_file(app["env_file"]), salt),
+        "runtime": {
+            "engine_version": version.get("Version"),
+            "api_version": version.get("ApiVersion"),
+            "compose_version": compose.version(),
+        },
+        "schema_version": schema_version(client, app),
+        "artifacts": {a["name"]: artifact_digest(app, a) for a in app.get("artifacts") or []},
+        "volumes": volumes,
+    }
+    return t.cast(dict, scrub(state, secrets))
+
+
+# --------------------------------------------------------------------------- the ledger side
+
+
+def releases(ledger: Ledger) -> list[dict[str, t.Any]]:
+    """Every release record, oldest first."""
+    records = [ledger.read(f"releases/{name}") for name in ledger.list("releases")]
+    return sorted((r for r in records if r), key=lambda r: (r.get("recorded_at", ""), r.get("release_id", "")))
+
+
+def find_by_digest(ledger: Ledger, digest: str) -> dict[str, t.Any] | None:
+    matches = [r for r in releases(ledger) if r.get("content_digest") == digest]
+    return matches[-1] if matches else None
+
+
+def current_release_id(ledger: Ledger) -> str | None:
+    return (ledger.read(CURRENT) or {}).get("release_id")
+
+
+def build_record(app_name: str, state: dict[str, t.Any], existing: dict[str, t.Any] | None) -> dict[str, t.Any]:
+    digest = content_digest(state)
+    if existing is not None:
+        return existing
+    moment = stamp()
+    record: dict[str, t.Any] = {"format": RECORD_FORMAT, "app": app_name, "content_digest": digest,
+                                "release_id": release_id_for(digest, moment),
+                                "recorded_at": iso(), "images_archived": {}}
+    record.update(state)
+    return record
+
+
+def archived_images(ledger: Ledger, record: dict[str, t.Any]) -> dict[str, str]:
+    """image ID → archive file (relative to the app's ledger) for the release's images that are archived."""
+    index = read_index(ledger)
+    out = {}
+    for image_id in release_images(record):
+        entry = index["archives"].get(image_id)
+        if entry and os.path.isfile(ledger.path("images", entry["file"])):
+            out[image_id] = "images/" + entry["file"]
+    return out
+
+
+def summary(record: dict[str, t.Any], current: str | None) -> dict[str, t.Any]:
+    return {
+        "release_id": record.get("release_id"),
+        "recorded_at": record.get("recorded_at"),
+        "content_digest": record.get("content_digest"),
+        "current": record.get("release_id") == current,
+        "schema_version": record.get("schema_version"),
+        "images": {name: s.get("pinned_ref") or s.get("image_ref") for name, s in (record.get("services") or {}).items()},
+        "images_archived": len(record.get("images_archived") or {}),
+    }
+

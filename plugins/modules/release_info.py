@@ -1,0 +1,151 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: release_info
+short_description: List and show the recorded releases of a Compose app
+version_added: 0.1.0
+description:
+  - Lists the releases in the app's ledger, newest last, with which one is current and whether each one's images
+    are still restorable on this host (on the engine or in the image archive).
+  - With O(release_id), also returns that release's full record.
+author:
+  - selfhost.rollback contributors
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: Reads only.
+options:
+  release_id:
+    description:
+      - Release to show in full. V(current) names the release the app runs now.
+    type: str
+requirements:
+  - Docker SDK for Python (to tell which images are on the engine; without it, only the archive is consulted)
+seealso:
+  - module: selfhost.rollback.release
+"""
+
+EXAMPLES = r"""
+- name: List the releases of notes
+  selfhost.rollback.release_info:
+    app:
+      name: notes
+      project_dir: /srv/notes
+  register: notes_releases
+
+- name: Show the current release
+  selfhost.rollback.release_info:
+    app:
+      name: notes
+      project_dir: /srv/notes
+    release_id: current
+  register: notes_current
+"""
+
+RETURN = r"""
+releases:
+  description: One summary per release, oldest first.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    release_id:
+      description: Release id.
+      type: str
+    recorded_at:
+      description: When it was recorded (UTC).
+      type: str
+    current:
+      description: Whether the app runs this release now.
+      type: bool
+    schema_version:
+      description: Schema version recorded with it.
+      type: str
+    images:
+      description: Service to image reference (digest-pinned when it has a registry digest).
+      type: dict
+    images_archived:
+      description: How many of its images are in the image archive.
+      type: int
+    restorable:
+      description: Whether every image is on this engine or in the archive (the registry is not asked).
+      type: bool
+    missing_images:
+      description: Image IDs neither on this engine nor in the archive.
+      type: list
+      elements: str
+current_release_id:
+  description: The release the app runs now, or null.
+  returned: success
+  type: str
+release:
+  description: The full record of O(release_id) (see M(selfhost.rollback.release)).
+  returned: when O(release_id) is given
+  type: dict
+"""
+
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import HAS_DOCKER, OperatorError, docker_client, fail
+from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, release_images
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import archived_images, current_release_id, releases, summary
+
+
+def describe(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
+    ledger = Ledger(module.params["store"], app["name"])
+    current = current_release_id(ledger)
+    client = None
+    if HAS_DOCKER:
+        try:
+            client = docker_client(timeout=30)
+        except OperatorError as exc:
+            module.warn(f"restorability is judged from the archive only: {exc}")
+    out = []
+    records = releases(ledger)
+    for record in records:
+        row = summary(record, current)
+        archived = archived_images(ledger, record)
+        missing = [i for i in release_images(record) if i not in archived and (client is None or get_image(client, i) is None)]
+        row["restorable"] = not missing
+        row["missing_images"] = missing
+        out.append(row)
+    result: dict[str, t.Any] = {"changed": False, "releases": out, "current_release_id": current}
+    wanted = module.params["release_id"]
+    if wanted:
+        wanted = current if wanted == "current" else wanted
+        record = next((r for r in records if r.get("release_id") == wanted), None) if wanted else None
+        if record is None:
+            raise OperatorError(f"app {app['name']}: release {module.params['release_id']} is not in {ledger.path('releases')}; "
+                                f"known releases: {', '.join(r['release_id'] for r in out) or 'none'}")
+        result["release"] = record
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=app_argument_spec(release_id={"type": "str"}), supports_check_mode=True)
+    try:
+        app = validate_app(module.params["app"])
+        result = describe(module, app)
+    except (AppError, OperatorError, LedgerError) as exc:
+        fail(module, str(exc))
+    except OSError as exc:
+        fail(module, f"app {module.params['app']['name']}: reading the ledger failed ({exc}); check permissions under {module.params['store']}")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
