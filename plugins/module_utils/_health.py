@@ -1,0 +1,87 @@
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Health probes, baselines and verdicts (private to the collection).
+
+Pure functions over probe samples, so the verdict logic is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import typing as t
+import urllib.error
+import urllib.request
+
+
+def probe_once(url: str, timeout: float) -> dict[str, t.Any]:
+    """One GET: status (0 when nothing answered), latency in ms, ok for 2xx."""
+    started = time.monotonic()
+    status, error = 0, None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read(65536)
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        error = str(getattr(exc, "reason", exc))
+    sample = {"url": url, "status": status, "ok": 200 <= status < 300,
+              "ms": round((time.monotonic() - started) * 1000.0, 3)}
+    if error:
+        sample["error"] = error
+    return sample
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, int(math.ceil(pct / 100.0 * len(ordered))))
+    return round(ordered[rank - 1], 3)
+
+
+def summarize(samples: list[dict[str, t.Any]]) -> dict[str, t.Any]:
+    """Figures over samples: requests, errors, error rate, p50/p99 of successful answers."""
+    ok_ms = [s["ms"] for s in samples if s["ok"]]
+    errors = sum(1 for s in samples if not s["ok"])
+    statuses: dict[str, int] = {}
+    for sample in samples:
+        statuses[str(sample["status"])] = statuses.get(str(sample["status"]), 0) + 1
+    return {
+        "requests": len(samples),
+        "errors": errors,
+        "error_rate": round(errors / len(samples), 4) if samples else 1.0,
+        "p50_ms": percentile(ok_ms, 50),
+        "p99_ms": percentile(ok_ms, 99),
+        "statuses": statuses,
+    }
+
+
+def judge(figures: dict[str, t.Any], baseline: dict[str, t.Any] | None, containers: dict[str, dict[str, t.Any]],
+          max_error_rate: float, max_p99_ratio: float, p99_floor_ms: float,
+          max_p99_ms: float | None = None) -> tuple[bool, list[str]]:
+    """The verdict and every reason behind it, each a sentence with its numbers."""
+    reasons: list[str] = []
+    for name, state in sorted(containers.items()):
+        if state.get("state") != "running":
+            reasons.append(f"service {name} is {state.get('state') or 'absent'}, not running")
+        elif state.get("health") not in (None, "healthy"):
+            reasons.append(f"service {name} reports health '{state.get('health')}'")
+    if figures["requests"] and figures["error_rate"] > max_error_rate:
+        reasons.append(
+            f"error rate {figures['error_rate']:.0%} ({figures['errors']} of {figures['requests']} probes failed, "
+            f"answers {figures['statuses']}) is above the limit of {max_error_rate:.0%}"
+        )
+    p99 = figures.get("p99_ms")
+    if p99 is not None and max_p99_ms is not None and p99 > max_p99_ms:
+        reasons.append(f"p99 latency {p99:.1f} ms is above the limit of {max_p99_ms:.1f} ms")
+    if p99 is not None and baseline and baseline.get("p99_ms") is not None:
+        allowed = max(baseline["p99_ms"] * max_p99_ratio, p99_floor_ms)
+        if p99 > allowed:
+            reasons.append(
+                f"p99 latency {p99:.1f} ms is more than {max_p99_ratio:g}x the baseline's {baseline['p99_ms']:.1f} ms "
+                f"(allowed {allowed:.1f} ms)"
+            )
+    return (not reasons), reasons

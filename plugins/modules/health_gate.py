@@ -1,0 +1,255 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: health_gate
+short_description: Judge an app's health against a recorded baseline
+version_added: 0.1.0
+description:
+  - Waits until every service of the app runs (and is healthy where it has a health check)
+    and the health URL answers, then sends O(probes) HTTP probes to the app's health URL
+    and any extra URLs, and measures the error rate and the p50 and p99 latency.
+  - With O(mode=baseline), records the figures as the baseline of a known-good release
+    in the ledger. With O(mode=check), judges the figures against that baseline and
+    absolute limits, and fails with every reason when the app does not pass.
+  - The verdict always carries the numbers behind it.
+author:
+  - selfhost.rollback contributors
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+    description: Probes run in check mode too (they only read); a baseline is not written.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details: O(mode=check) and O(mode=probe) change nothing; O(mode=baseline) rewrites the baseline with new figures.
+options:
+  mode:
+    description:
+      - V(check) judges the app against its baseline and limits; fails when it does not pass.
+      - V(baseline) measures and records the baseline (the app must pass the absolute limits).
+      - V(probe) measures and returns the verdict without failing.
+    type: str
+    choices: [check, baseline, probe]
+    default: check
+  baseline:
+    description:
+      - Name of the baseline in the ledger, usually the id of the release it was taken under.
+      - Defaults to the release the ledger says is current, or V(current) when there is none.
+    type: str
+  probes:
+    description: Number of probes per URL.
+    type: int
+    default: 20
+  interval:
+    description: Seconds between probes.
+    type: float
+    default: 0.05
+  wait:
+    description:
+      - Seconds to wait for the app to run and its health URL to answer 2xx before probing.
+      - The time it took is returned as RV(time_to_healthy_s).
+    type: float
+    default: 60
+  max_error_rate:
+    description: Highest share of failed probes (non-2xx or no answer) that still passes.
+    type: float
+    default: 0.05
+  max_p99_ratio:
+    description: Highest p99 latency, as a multiple of the baseline's p99, that still passes.
+    type: float
+    default: 2.0
+  p99_floor_ms:
+    description: The relative limit never goes below this many milliseconds (tiny baselines are noisy).
+    type: float
+    default: 50
+  max_p99_ms:
+    description: Absolute p99 limit in milliseconds; none by default.
+    type: float
+requirements:
+  - Docker SDK for Python 7.0 or newer
+  - the Compose v2 CLI plugin (C(docker compose))
+notes:
+  - Baselines are kept in C(<store>/<app>/baselines/<name>.json).
+seealso:
+  - module: selfhost.rollback.app_info
+"""
+
+EXAMPLES = r"""
+- name: Record the baseline while the release is known good
+  selfhost.rollback.health_gate:
+    app: "{{ item }}"
+    mode: baseline
+  loop: "{{ rollback_apps }}"
+
+- name: Judge the new version against it (fails with the reasons)
+  selfhost.rollback.health_gate:
+    app: "{{ app }}"
+    mode: check
+    baseline: "{{ release_before.release_id }}"
+    max_error_rate: 0.01
+    max_p99_ratio: 3
+"""
+
+RETURN = r"""
+passed:
+  description: Whether the app passed.
+  returned: always
+  type: bool
+reasons:
+  description: Every reason it did not pass, each a sentence with its numbers.
+  returned: always
+  type: list
+  elements: str
+  sample: ["error rate 100% (20 of 20 probes failed, answers {'503': 20}) is above the limit of 5%"]
+figures:
+  description: What was measured.
+  returned: always
+  type: dict
+  sample: {requests: 20, errors: 0, error_rate: 0.0, p50_ms: 2.1, p99_ms: 4.8, statuses: {"200": 20}}
+baseline:
+  description: The baseline judged against (its figures and when it was taken), or V(null).
+  returned: always
+  type: dict
+baseline_name:
+  description: Name of the baseline in the ledger.
+  returned: always
+  type: str
+containers:
+  description: State and health of every service's container.
+  returned: always
+  type: dict
+  sample: {app: {state: running, health: healthy}, db: {state: running, health: healthy}}
+time_to_healthy_s:
+  description: Seconds until every service ran and the health URL answered 2xx (V(null) if that never happened within O(wait)).
+  returned: always
+  type: float
+"""
+
+import os
+import time
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    Compose,
+    DockerException,
+    OperatorError,
+    docker_client,
+    iso,
+    project_containers,
+    require_docker_sdk,
+)
+from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, summarize
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+
+
+def container_states(client: t.Any, app: dict[str, t.Any], services: list[str]) -> dict[str, dict[str, t.Any]]:
+    found: dict[str, dict[str, t.Any]] = {name: {"state": "absent", "health": None} for name in services}
+    for container in project_containers(client, app["project_name"]):
+        service = container.labels.get("com.docker.compose.service")
+        if service in found and found[service]["state"] != "running":
+            state = container.attrs.get("State", {})
+            found[service] = {"state": state.get("Status"), "health": (state.get("Health") or {}).get("Status")}
+    return found
+
+
+def wait_until_healthy(client: t.Any, app: dict[str, t.Any], services: list[str], url: str,
+                       timeout: float, wait: float) -> tuple[float | None, dict[str, dict[str, t.Any]]]:
+    started = time.monotonic()
+    while True:
+        states = container_states(client, app, services)
+        settled = all(s["state"] == "running" and s["health"] in (None, "healthy") for s in states.values())
+        if settled and probe_once(url, timeout)["ok"]:
+            return round(time.monotonic() - started, 3), states
+        if time.monotonic() - started >= wait:
+            return None, states
+        if any(s["state"] in ("exited", "dead") or s["health"] == "unhealthy" for s in states.values()) \
+                and time.monotonic() - started > min(wait, 10):
+            return None, states  # it is not coming up; do not burn the whole wait
+        time.sleep(0.25)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=app_argument_spec(
+            mode={"type": "str", "choices": ["check", "baseline", "probe"], "default": "check"},
+            baseline={"type": "str"},
+            probes={"type": "int", "default": 20},
+            interval={"type": "float", "default": 0.05},
+            wait={"type": "float", "default": 60},
+            max_error_rate={"type": "float", "default": 0.05},
+            max_p99_ratio={"type": "float", "default": 2.0},
+            p99_floor_ms={"type": "float", "default": 50},
+            max_p99_ms={"type": "float"},
+        ),
+        supports_check_mode=True,
+    )
+    require_docker_sdk(module)
+    params = module.params
+    name = params["app"]["name"]
+    try:
+        app = validate_app(params["app"])
+        health = app.get("health") or {}
+        if not health.get("url"):
+            raise OperatorError(f"app {name}: health.url is not set; declare the app's health URL to use a health gate")
+        if params["probes"] < 1:
+            raise OperatorError(f"app {name}: probes must be at least 1")
+        ledger = Ledger(params["store"], name)
+        baseline_name = params["baseline"] or (ledger.read("current_release.json") or {}).get("release_id") or "current"
+        if "/" in baseline_name or baseline_name.startswith("."):
+            raise OperatorError(f"app {name}: baseline name {baseline_name!r} is not usable as a file name")
+        services = sorted(Compose(app).config().get("services", {}))
+        client = docker_client()
+        time_to_healthy, states = wait_until_healthy(client, app, services, health["url"], health["timeout"], params["wait"])
+        samples = []
+        for index in range(params["probes"]):
+            for url in [health["url"]] + list(health.get("urls") or []):
+                samples.append(probe_once(url, health["timeout"]))
+            if index + 1 < params["probes"]:
+                time.sleep(params["interval"])
+        figures = summarize(samples)
+        states = container_states(client, app, services)
+        baseline_record = ledger.read(os.path.join("baselines", baseline_name + ".json"))
+        judged_against = None if params["mode"] == "baseline" else baseline_record
+        passed, reasons = judge(figures, (judged_against or {}).get("figures"), states, params["max_error_rate"],
+                                params["max_p99_ratio"], params["p99_floor_ms"], params["max_p99_ms"])
+        if time_to_healthy is None:
+            passed = False
+            reasons.insert(0, f"the app did not become healthy within {params['wait']:g} s")
+        if params["mode"] == "check" and judged_against is None:
+            module.warn(f"app {name}: no baseline {baseline_name!r} in the ledger; judged by absolute limits only")
+        changed = False
+        if params["mode"] == "baseline" and passed:
+            record = {"format": 1, "app": name, "name": baseline_name, "taken_at": iso(), "figures": figures,
+                      "containers": states, "time_to_healthy_s": time_to_healthy}
+            changed = True
+            if not module.check_mode:
+                with ledger.lock(timeout=30, purpose="health baseline"):
+                    ledger.write(os.path.join("baselines", baseline_name + ".json"), record)
+            baseline_record = record
+            judged_against = record
+    except (AppError, OperatorError, LedgerError) as exc:
+        module.fail_json(msg=str(exc))
+    except DockerException as exc:
+        module.fail_json(msg=f"app {name}: the Docker Engine refused a request ({exc}); check that dockerd is running")
+
+    result = {"changed": changed, "passed": passed, "reasons": reasons, "figures": figures,
+              "baseline": judged_against, "baseline_name": baseline_name, "containers": states,
+              "time_to_healthy_s": time_to_healthy}
+    if not passed and params["mode"] != "probe":
+        verb = "cannot be the baseline" if params["mode"] == "baseline" else "failed its health gate"
+        module.fail_json(msg=f"app {name} {verb}: " + "; ".join(reasons), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

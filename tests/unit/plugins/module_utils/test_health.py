@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, percentile, summarize
+
+RUNNING = {"app": {"state": "running", "health": "healthy"}, "db": {"state": "running", "health": None}}
+
+
+def samples(ok_ms: list[float], failures: int = 0, status: int = 503) -> list[dict]:
+    return [{"status": 200, "ok": True, "ms": ms} for ms in ok_ms] + [{"status": status, "ok": False, "ms": 1.0}] * failures
+
+
+@pytest.mark.parametrize(("values", "pct", "expected"), [
+    ([], 50, None), ([5.0], 99, 5.0), ([1, 2, 3, 4], 50, 2), ([1, 2, 3, 4], 99, 4), (list(range(1, 101)), 99, 99),
+])
+def test_percentile_nearest_rank(values, pct, expected):
+    assert percentile([float(v) for v in values], pct) == expected
+
+
+def test_summarize_counts_errors_and_statuses():
+    figures = summarize(samples([1.0, 2.0, 3.0], failures=1))
+    assert figures == {"requests": 4, "errors": 1, "error_rate": 0.25, "p50_ms": 2.0, "p99_ms": 3.0,
+                       "statuses": {"200": 3, "503": 1}}
+
+
+def test_summarize_of_nothing_is_a_total_failure():
+    assert summarize([])["error_rate"] == 1.0
+
+
+def verdict(figures, baseline=None, containers=None, **limits):
+    options = {"max_error_rate": 0.05, "max_p99_ratio": 2.0, "p99_floor_ms": 50.0, "max_p99_ms": None}
+    options.update(limits)
+    return judge(figures, baseline, containers or RUNNING, **options)
+
+
+def test_healthy_release_passes():
+    assert verdict(summarize(samples([2.0] * 20))) == (True, [])
+
+
+def test_error_rate_above_limit_fails_with_numbers():
+    passed, reasons = verdict(summarize(samples([2.0] * 10, failures=10)))
+    assert not passed
+    assert reasons == ["error rate 50% (10 of 20 probes failed, answers {'200': 10, '503': 10}) is above the limit of 5%"]
+
+
+@pytest.mark.parametrize(("p99", "baseline_p99", "passes"), [
+    (40.0, 2.0, True),     # under the 50 ms floor: tiny baselines are noise
+    (90.0, 50.0, True),    # within 2x
+    (120.0, 50.0, False),  # above 2x
+])
+def test_latency_is_judged_relative_to_the_baseline_with_a_floor(p99, baseline_p99, passes):
+    passed, reasons = verdict(summarize(samples([p99] * 5)), baseline={"p99_ms": baseline_p99})
+    assert passed is passes, reasons
+    if not passes:
+        assert "more than 2x the baseline's 50.0 ms (allowed 100.0 ms)" in reasons[0]
+
+
+def test_absolute_latency_limit():
+    passed, reasons = verdict(summarize(samples([300.0] * 5)), max_p99_ms=250.0)
+    assert not passed and reasons == ["p99 latency 300.0 ms is above the limit of 250.0 ms"]
+
+
+def test_container_state_and_health_are_reasons():
+    containers = {"app": {"state": "running", "health": "unhealthy"}, "db": {"state": "exited", "health": None},
+                  "worker": {"state": "absent", "health": None}}
+    passed, reasons = verdict(summarize(samples([2.0] * 5)), containers=containers)
+    assert not passed
+    assert reasons == ["service app reports health 'unhealthy'", "service db is exited, not running",
+                       "service worker is absent, not running"]
