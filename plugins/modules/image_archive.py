@@ -12,8 +12,8 @@ description:
   - With O(state=present), exports the images of the newest O(keep_releases) releases, and of the current release,
     to C(<store>/<app>/images/) (one compressed C(docker save) per image ID, zstd when installed, else gzip), and
     removes archives no retained release needs. An archive a retained release needs is never removed.
-  - With O(state=loaded), makes sure every image of a release is on this engine: already here, pulled by digest
-    from its registry (when O(pull=true)), or loaded from the archive when the registry no longer has it.
+  - With O(state=loaded), makes sure every image of a release is on this engine (already here, pulled by digest
+    from its registry (when O(pull=true)), or loaded from the archive when the registry no longer has it).
   - A loaded image has no registry digest on this engine, so a digest-pinned reference does not resolve to it
     (Compose would try to pull). RV(compose_override) maps such services to the image ID; write it to a file
     with O(override_file) and pass it to C(docker compose -f) after the app's own files.

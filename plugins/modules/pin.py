@@ -16,7 +16,7 @@ description:
   - An image with a variable tag such as C(repo:${TAG:-1.0}) is pinned by appending the digest after the
     interpolation (C(repo:${TAG:-1.0}@sha256:...)); the file still interpolates, and the digest decides what runs.
     An upgrade that changes the tag must pin again.
-  - An image given entirely through a variable (C(image: ${OLLAMA_IMAGE})) is not pinned in the file, with a warning;
+  - An image given entirely through a variable, such as C(${OLLAMA_IMAGE}), is not pinned in the file, with a warning;
     set the variable to a digest reference instead. Images without a tag get an explicit C(:latest).
   - Images with no registry digest (built locally) stay as they are, with a warning; M(selfhost.rollback.release)
     records them by image ID and keeps them in the image archive. Services with only C(build:) are skipped.
