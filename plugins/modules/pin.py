@@ -153,6 +153,7 @@ class Resolver:
         self.client = client
         self.app = app
         self.active = {name: s.get("image") for name, s in (config.get("services") or {}).items()}
+        self.built = {name for name, s in (config.get("services") or {}).items() if "build" in s}
         self.running: dict[str, str] = {}
         for container in project_containers(client, app["project_name"]):
             service = container.labels.get("com.docker.compose.service")
@@ -167,6 +168,8 @@ class Resolver:
         if found is None and self.allow_pull and pull(self.client, ref):
             found = resolve(self.client, ref)
         if found is None:
+            if effective and all(s in self.built for s in effective):
+                return {"skip": "built locally (build:) and not built yet"}
             if effective:
                 raise PinError(
                     f"image {ref} of service {', '.join(effective)} is not on this engine"
