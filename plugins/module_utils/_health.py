@@ -11,7 +11,8 @@ import math
 import time
 import typing as t
 import urllib.error
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 
 def probe_once(url: str, timeout: float) -> dict[str, t.Any]:
@@ -19,7 +20,7 @@ def probe_once(url: str, timeout: float) -> dict[str, t.Any]:
     started = time.monotonic()
     status, error = 0, None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with open_url(url, timeout=timeout, validate_certs=False) as response:
             response.read(65536)
             status = response.status
     except urllib.error.HTTPError as exc:

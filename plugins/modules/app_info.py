@@ -16,7 +16,7 @@ description:
     is the first task of every role in this collection.
   - Changes nothing.
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
   - selfhost.rollback.app
 attributes:
@@ -25,8 +25,10 @@ attributes:
     description: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
   idempotent:
     support: full
+    description: Read-only.
 options:
   probe_health:
     description: Request O(app.health.url) and report the answer.
@@ -95,9 +97,9 @@ import json
 import time
 import typing as t
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
@@ -116,7 +118,7 @@ def probe(url: str, timeout: float) -> dict[str, t.Any]:
     started = time.monotonic()
     status, body, error = 0, None, None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with open_url(url, timeout=timeout, validate_certs=False) as response:
             status, raw = response.status, response.read(65536)
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read(65536)

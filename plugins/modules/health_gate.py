@@ -17,7 +17,7 @@ description:
     absolute limits, and fails with every reason when the app does not pass.
   - The verdict always carries the numbers behind it.
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
   - selfhost.rollback.app
 attributes:
@@ -26,9 +26,10 @@ attributes:
     description: Probes run in check mode too (they only read); a baseline is not written.
   diff_mode:
     support: none
+    description: A baseline is a new measurement, not an edit; there is no diff to show.
   idempotent:
     support: partial
-    details: O(mode=check) and O(mode=probe) change nothing; O(mode=baseline) rewrites the baseline with new figures.
+    description: O(mode=check) and O(mode=probe) change nothing; O(mode=baseline) rewrites the baseline with new figures.
 options:
   mode:
     description:
