@@ -58,13 +58,22 @@ def read_salt(ledger: Ledger) -> bytes | None:
         return handle.read().strip()
 
 
+def new_salt() -> bytes:
+    return os.urandom(32).hex().encode()
+
+
+def write_salt(ledger: Ledger, salt: bytes) -> None:
+    """Store the app's fingerprint salt (0600); it is written once, as changing it would make every release look drifted."""
+    ledger.ensure()
+    atomic_write_bytes(ledger.path("salt"), salt)
+
+
 def ensure_salt(ledger: Ledger) -> bytes:
-    """The app's fingerprint salt, created once (0600); changing it would make every release look drifted."""
+    """The app's fingerprint salt, created on first use."""
     salt = read_salt(ledger)
     if salt:
         return salt
-    ledger.ensure()
-    atomic_write_bytes(ledger.path("salt"), os.urandom(32).hex().encode())
+    write_salt(ledger, new_salt())
     return t.cast(bytes, read_salt(ledger))
 
 

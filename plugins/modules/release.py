@@ -178,10 +178,10 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._release import 
     build_record,
     content_digest,
     current_release_id,
-    ensure_salt,
     find_by_digest,
     read_salt,
     running_state,
+    write_salt,
 )
 
 
@@ -191,9 +191,10 @@ def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.
     client = docker_client()
     secrets = secret_values(app)
     salt = read_salt(ledger)
-    if salt is None:
-        # a new ledger: check mode fingerprints with a throw-away salt (the release is new either way)
-        salt = os.urandom(32).hex().encode() if module.check_mode else ensure_salt(ledger)
+    new_salt = salt is None
+    if new_salt:
+        # written with the first release, so that a failed first run leaves no ledger behind
+        salt = os.urandom(32).hex().encode()
 
     state = running_state(client, app, salt, secrets)
     digest = content_digest(state)
@@ -219,6 +220,10 @@ def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.
     archive = {"exported": [], "removed": [], "retained_releases": plan["retained"] if plan else []}
     if actions and not module.check_mode:
         with ledger.lock(params["lock_timeout"], purpose=f"recording release {release_id}"):
+            if new_salt:
+                if read_salt(ledger) is not None:
+                    raise OperatorError(f"app {app['name']}: another run created the ledger meanwhile; run again")
+                write_salt(ledger, salt)
             # the ledger may have moved on while the state was read
             again = find_by_digest(ledger, digest)
             if again is not None and again["release_id"] != release_id:
