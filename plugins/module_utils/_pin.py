@@ -154,7 +154,7 @@ def locate_images(text: str, filename: str = "compose file") -> ComposeShape:
     try:
         root = YAML(typ="rt").compose(text)
     except YAMLError as exc:
-        raise PinError(f"{filename} is not valid YAML: {' '.join(str(exc).split())}") from exc
+        raise PinError(f"{filename} is not valid YAML ({' '.join(str(exc).split())}); fix it and run again") from exc
     shape = ComposeShape()
     if root is None:
         return shape
