@@ -1,0 +1,265 @@
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore a backup set into the live app or into another Compose project (private).
+
+Order: verify the set (nothing is touched when it fails) → stop the target's
+containers (noting which ran) → create what is missing (``compose up --no-start``)
+→ file data: extract next to the live directory, then swap it in (the old data is
+removed only after the new data is complete) → databases: start their services,
+drop and recreate, load the dump → start what ran before → wait for health.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import typing as t
+import urllib.error
+import urllib.request
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic
+from ansible_collections.selfhost.rollback.plugins.module_utils._storage import ArchiveSource
+
+
+def target_app(app: dict[str, t.Any], project_name: str | None, project_dir: str | None) -> dict[str, t.Any]:
+    """The app definition pointed at another project name and/or directory."""
+    target = dict(app)
+    if project_name:
+        target["project_name"] = project_name
+    if project_dir:
+        if not os.path.isdir(project_dir):
+            raise OperatorError(f"app {app['name']}: target project_dir {project_dir} is not a directory")
+        target["project_dir"] = project_dir
+
+        def moved(path: str) -> str:
+            rel = os.path.relpath(path, app["project_dir"])
+            candidate = os.path.join(project_dir, rel)
+            return candidate if not rel.startswith("..") and os.path.exists(candidate) else path
+
+        target["compose_files"] = [moved(p) for p in app["compose_files"]]
+        target["env_file"] = moved(app["env_file"])
+    return target
+
+
+def is_live(app: dict[str, t.Any], target: dict[str, t.Any]) -> bool:
+    return app["project_name"] == target["project_name"]
+
+
+def plan_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, entry: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Where each item goes; unknown volumes or services in the target fail here."""
+    compose = Compose(target)
+    config = compose.config()
+    volumes = _backup.compose_volumes(config)
+    services = config.get("services") or {}
+    steps = []
+    skipped = []
+    live = is_live(app, target)
+    for item in entry["manifest"].get("items", []):
+        step: dict[str, t.Any] = {"item": item, "kind": item["kind"], "name": item["name"]}
+        if item["kind"] == "volume":
+            if item["name"] not in volumes:
+                raise OperatorError(f"app {app['name']}: the target project has no volume {item['name']!r}; "
+                                    "restore into a project made from the same compose files")
+            step["volume"] = volumes[item["name"]]
+        elif item["kind"] == "path":
+            if not live and target["project_dir"] == app["project_dir"]:
+                skipped.append({"name": item["name"], "reason": "a restore into another project needs target project_dir "
+                                                                "for bind paths; the live directory is left alone"})
+                continue
+            rel = item["name"]
+            step["path"] = rel if os.path.isabs(rel) else os.path.join(target["project_dir"], rel)
+        else:
+            if item["service"] not in services:
+                raise OperatorError(f"app {app['name']}: the target project has no service {item['service']!r} for "
+                                    f"database item {item['name']}")
+            step["service"] = item["service"]
+        steps.append(step)
+    containers = project_containers(client, target["project_name"])
+    running = sorted({_backup.container_service(c) for c in containers if c.status == "running"})
+    return {"steps": steps, "skipped": skipped, "running": running, "had_containers": bool(containers),
+            "services": sorted(services), "live": live, "config": config}
+
+
+def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any]) -> dict[str, t.Any] | None:
+    """What the target looks like now, to tell whether a restore already happened and nothing changed since."""
+    parts: dict[str, t.Any] = {"running": plan["running"]}
+    for step in plan["steps"]:
+        if step["kind"] == "volume":
+            try:
+                mountpoint = client.volumes.get(step["volume"]).attrs["Mountpoint"]
+            except Exception:  # a missing volume: certainly not restored
+                return None
+            parts[f"volume:{step['name']}"] = _backup.tree_fingerprint(mountpoint)
+        elif step["kind"] == "path":
+            if not os.path.isdir(step["path"]):
+                return None
+            parts[f"path:{step['name']}"] = _backup.tree_fingerprint(step["path"])
+        else:
+            container = _service_container(client, target, step["service"], running=True)
+            if container is None:
+                return None
+            item = step["item"]
+            host = _dumps.host_path_in_container(container.attrs, _dumps.sqlite_path(item)) if item["engine"] == "sqlite" else None
+            value = _backup.database_fingerprint(container.id, item, f"app {target['name']}", host)
+            if value is None:
+                return None
+            parts[f"database:{step['name']}"] = value
+    return parts
+
+
+def _service_container(client: t.Any, target: dict[str, t.Any], service: str, running: bool) -> t.Any:
+    for container in sorted(project_containers(client, target["project_name"]), key=lambda c: c.name):
+        if _backup.container_service(container) == service and (not running or container.status == "running"):
+            return container
+    return None
+
+
+def restore_tree(dest: str, item: dict[str, t.Any], set_directory: str, restic: Restic | None) -> dict[str, t.Any]:
+    """Put an item's files at ``dest``: extract beside it, check, then swap (or empty and extract on a mount point)."""
+    began = time.monotonic()
+    parent = os.path.dirname(dest.rstrip("/"))
+    swap = os.path.isdir(parent) and not (os.path.isdir(dest) and os.path.ismount(dest))
+    workdir = tempfile.mkdtemp(prefix="." + os.path.basename(dest.rstrip("/")) + ".restore-", dir=parent) if swap else dest
+    source = ArchiveSource(set_directory, item, restic)
+    try:
+        if not swap:
+            _archive.empty_directory(dest)
+        count = _archive.extract_stream(source.stream, workdir)
+    except BaseException:
+        source.abort()
+        if swap:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    problems = source.finish()
+    if problems:
+        if swap:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise OperatorError(f"item {item['name']}: the archive changed while it was restored ({problems[0]}); "
+                            "the live data was left as it was" if swap else f"item {item['name']}: {problems[0]}")
+    if swap:
+        old = None
+        if os.path.lexists(dest):
+            old = tempfile.mkdtemp(prefix="." + os.path.basename(dest.rstrip("/")) + ".old-", dir=parent)
+            os.rmdir(old)
+            os.rename(dest, old)
+        os.rename(workdir, dest)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    return {"members": count, "duration_s": round(time.monotonic() - began, 3)}
+
+
+def wait_health(url: str, timeout: float, per_request: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(url, timeout=per_request) as response:
+                if 200 <= response.status < 300:
+                    return True
+        time.sleep(0.5)
+    return False
+
+
+def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, ledger: Ledger, entry: dict[str, t.Any],
+                plan: dict[str, t.Any], restic: Restic | None, start: str, health_timeout: float) -> dict[str, t.Any]:
+    """Do the restore the plan describes. The caller holds the app lock and has verified the set."""
+    label = f"app {app['name']}"
+    began = time.monotonic()
+    set_directory = ledger.path("backups", entry["set_id"])
+    compose = Compose(target)
+    actions: list[str] = []
+    timings: dict[str, float] = {}
+    running_before = plan["running"]
+    if running_before:
+        compose.run("stop", "--timeout", "30", what="stopping the app before the restore")
+        actions.append("stopped " + ", ".join(running_before))
+    compose.run("up", "--no-start", "--no-recreate", what="creating the project's volumes and containers")
+    for step in plan["steps"]:
+        item = step["item"]
+        if step["kind"] == "volume":
+            mountpoint = client.volumes.get(step["volume"]).attrs["Mountpoint"]
+            result = restore_tree(mountpoint, item, set_directory, restic)
+            actions.append(f"restored volume {step['volume']} ({result['members']} entries)")
+            timings[f"volume:{item['name']}"] = result["duration_s"]
+        elif step["kind"] == "path":
+            result = restore_tree(step["path"], item, set_directory, restic)
+            actions.append(f"restored path {step['path']} ({result['members']} entries)")
+            timings[f"path:{item['name']}"] = result["duration_s"]
+    started_for_dumps: list[str] = []
+    for step in plan["steps"]:
+        if step["kind"] != "database":
+            continue
+        item = step["item"]
+        step_began = time.monotonic()
+        source = ArchiveSource(set_directory, item, restic)
+        try:
+            if item["engine"] == "sqlite":
+                container = _service_container(client, target, step["service"], running=False)
+                host = _dumps.host_path_in_container(container.attrs, _dumps.sqlite_path(item)) if container else None
+                if not host:
+                    raise OperatorError(f"{label}: the SQLite file {_dumps.sqlite_path(item)} of service {step['service']} "
+                                        "is not on a volume or bind mount; it cannot be restored from the host")
+                _dumps.restore_sqlite_file(host, source.stream)
+            else:
+                compose.run("start", step["service"], what=f"starting database service {step['service']}")
+                started_for_dumps.append(step["service"])
+                container = _service_container(client, target, step["service"], running=True)
+                if container is None:
+                    raise OperatorError(f"{label}: database service {step['service']} did not start; see docker compose logs")
+                _dumps.wait_ready(container.id, item, label)
+                _dumps.restore_database(container.id, item, source.stream, label)
+        except BaseException:
+            source.abort()
+            raise
+        problems = source.finish()
+        if problems:
+            raise OperatorError(f"{label}: database item {item['name']}: {problems[0]}")
+        actions.append(f"restored database {item['database']} in service {step['service']}")
+        timings[f"database:{item['name']}"] = round(time.monotonic() - step_began, 3)
+    if start == "none":
+        to_start: list[str] = []
+    elif start == "all" or not plan["had_containers"]:
+        to_start = plan["services"]
+    else:
+        to_start = running_before
+    if to_start:
+        compose.run("start", *to_start, what="starting the app after the restore")
+        actions.append("started " + ", ".join(to_start))
+    to_stop = [s for s in started_for_dumps if s not in to_start]
+    if to_stop:
+        compose.run("stop", *to_stop, what="stopping database services started for the restore")
+        actions.append("stopped " + ", ".join(to_stop))
+    healthy = None
+    health_url = ((app.get("health") or {}).get("url")) if plan["live"] else None
+    if health_url and to_start:
+        health_began = time.monotonic()
+        healthy = wait_health(health_url, health_timeout)
+        timings["health"] = round(time.monotonic() - health_began, 3)
+        if not healthy:
+            raise OperatorError(f"{label}: the data was restored from set {entry['set_id']} but the app did not become "
+                                f"healthy at {health_url} within {health_timeout:.0f} s; check docker compose logs")
+    timings["total"] = round(time.monotonic() - began, 3)
+    after = restore_plan_refresh(app, target, client, entry)
+    fingerprint = current_fingerprint(target, client, after)
+    ledger.write(f"restores/{target['project_name']}.json", {
+        "format": 1, "set_id": entry["set_id"], "at": iso(), "target": target["project_name"],
+        "live": plan["live"], "started": to_start, "healthy": healthy, "timings": timings, "fingerprint": fingerprint,
+    })
+    return {"actions": actions, "timings": timings, "started": to_start, "healthy": healthy}
+
+
+def restore_plan_refresh(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, entry: dict[str, t.Any]) -> dict[str, t.Any]:
+    return plan_restore(app, target, client, entry)
+
+
+def already_restored(ledger: Ledger, target: dict[str, t.Any], client: t.Any, entry: dict[str, t.Any],
+                     plan: dict[str, t.Any]) -> bool:
+    record = ledger.read(f"restores/{target['project_name']}.json")
+    if not record or record.get("set_id") != entry["set_id"] or not record.get("fingerprint"):
+        return False
+    return current_fingerprint(target, client, plan) == record["fingerprint"]

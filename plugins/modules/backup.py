@@ -1,0 +1,265 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup
+short_description: Capture an app's data as one backup set under its current release
+version_added: 0.1.0
+description:
+  - Captures the named volumes, bind-mounted paths and databases of one Docker Compose app
+    as a backup set in the ledger, C(<store>/<app>/backups/<set_id>/).
+  - Databases are dumped logically inside their containers (PostgreSQL C(pg_dump), MySQL/MariaDB
+    C(mysqldump --single-transaction), SQLite through its online backup API), with no downtime.
+  - File data (volumes, paths) is read directly from the host and streamed into one compressed
+    tar archive per source (C(zstd -T0) when installed, C(gzip) otherwise), with a sha256 per file
+    taken in the same pass.
+  - Per source, O(consistency) says how writers are kept still while its files are read. Containers
+    that were running before are running after, also when the backup fails; stopped ones stay stopped.
+  - The set is complete only when C(manifest.json) is written, last and atomically. Partial sets left
+    by an interrupted run are removed by the next run.
+  - Volumes mounted by a database service are captured by that database's dump, not as files, unless
+    O(consistency) names them.
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+    details: Resolves every source and reports what would be captured and which containers would be paused or stopped.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    details: Every run that is not in check mode creates a new backup set.
+options:
+  backend:
+    description:
+      - Where archives go. V(local) keeps compressed archives in the set directory.
+      - V(restic) stores each archive as a restic snapshot (deduplicated, encrypted, possibly offsite);
+        the set directory then holds the manifest and verification results only.
+    type: str
+    choices: [local, restic]
+    default: local
+  restic:
+    description: The restic repository, required with O(backend=restic).
+    type: dict
+    suboptions:
+      repository:
+        description: Repository location, as for C(restic -r).
+        type: str
+        required: true
+      password:
+        description: Repository password; handed to restic through a private temporary file, never on a command line.
+        type: str
+      password_file:
+        description: File holding the repository password.
+        type: path
+      env:
+        description: Extra environment for restic (for example credentials of an S3 backend).
+        type: dict
+        default: {}
+  compression:
+    description: Compression of local archives. V(auto) uses zstd when installed and gzip otherwise.
+    type: str
+    choices: [auto, zstd, gzip, none]
+    default: auto
+  compression_level:
+    description: Compression level; defaults to the fastest (1).
+    type: int
+  consistency:
+    description:
+      - Per source (volume name, path as in O(app.paths)), how its writers are kept still while it is read.
+      - V(pause) freezes the containers that mount it for the duration of the file capture (default).
+      - V(stop) stops them and starts them again afterwards.
+      - V(none) reads the files while the app runs.
+      - Databases are always captured by V(dump).
+    type: dict
+    default: {}
+  space_check:
+    description:
+      - Refuse to start when the store's file system has less free space than the data's uncompressed size.
+    type: bool
+    default: true
+  lock_timeout:
+    description: Seconds to wait for another run on the same app to finish.
+    type: float
+    default: 60
+  tags:
+    description: Free-form tags recorded in the manifest.
+    type: list
+    elements: str
+    default: []
+notes:
+  - Runs as root on the managed host, which reads volume contents from their mount points directly.
+  - Secrets from the app's env file never appear in the manifest, the result or any command line.
+requirements:
+  - Docker SDK for Python
+  - the docker CLI with the Compose v2 plugin
+  - zstd or gzip; restic for O(backend=restic)
+author:
+  - selfhost.rollback contributors
+"""
+
+EXAMPLES = r"""
+- name: Back up the notes app (databases by dump, files with a short pause)
+  selfhost.rollback.backup:
+    app: "{{ item }}"
+  loop: "{{ rollback_apps }}"
+
+- name: Back up into restic, stopping the app while its uploads are read
+  selfhost.rollback.backup:
+    app: "{{ rollback_apps[0] }}"
+    backend: restic
+    restic:
+      repository: /srv/restic/notes
+      password: "{{ vault_restic_password }}"
+    consistency:
+      uploads: stop
+"""
+
+RETURN = r"""
+set_id:
+  description: Id of the new set (in check mode, none is created and this is null).
+  returned: always
+  type: str
+  sample: b-20261122T020705Z-3fa1
+set_dir:
+  description: Directory of the set in the ledger.
+  returned: success
+  type: str
+  sample: /var/lib/selfhost-rollback/notes/backups/b-20261122T020705Z-3fa1
+items:
+  description: What was captured (or would be, in check mode), without the per-file maps.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"kind": "database", "name": "db-notes", "archive": "database-db-notes.sql.zst", "bytes": 1834,
+            "sha256": "sha256:9f...", "tables": {"public.notes": 3}, "consistency": "dump"}]
+left_out:
+  description: Sources left out on purpose, with the reason.
+  returned: always
+  type: list
+  elements: dict
+release_id:
+  description: The release the set was taken under, or null when no release is recorded.
+  returned: success
+  type: str
+schema_version:
+  description: The app's schema version when the set was taken.
+  returned: success
+  type: str
+bytes:
+  description: Bytes stored for the set.
+  returned: success
+  type: int
+duration_s:
+  description: Seconds the capture took.
+  returned: success
+  type: float
+actions:
+  description: What was done, in order (containers paused or stopped and started again, partial sets removed).
+  returned: always
+  type: list
+  elements: str
+notices:
+  description: Things the operator should know (files that changed while read, sockets left out).
+  returned: success
+  type: list
+  elements: str
+"""
+
+import traceback
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    DockerException,
+    OperatorError,
+    docker_client,
+    fail,
+    require_docker_sdk,
+    scrub,
+    secret_values,
+)
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
+from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
+
+
+def argument_spec() -> dict[str, t.Any]:
+    return app_argument_spec(
+        backend={"type": "str", "choices": ["local", "restic"], "default": "local"},
+        restic=_backup.restic_option_spec(),
+        compression={"type": "str", "choices": ["auto", "zstd", "gzip", "none"], "default": "auto"},
+        compression_level={"type": "int"},
+        consistency={"type": "dict", "default": {}},
+        space_check={"type": "bool", "default": True},
+        lock_timeout={"type": "float", "default": 60},
+        tags={"type": "list", "elements": "str", "default": []},
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_if=[("backend", "restic", ["restic"])])
+    require_docker_sdk(module)
+    params = module.params
+    name = params["app"]["name"]
+    secrets: list[str] = []
+    result: dict[str, t.Any] = {"changed": False, "set_id": None, "items": [], "left_out": [], "actions": []}
+    restic = None
+    try:
+        app = validate_app(params["app"])
+        secrets = secret_values(app, [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else [])
+        consistency = {str(k): str(v) for k, v in params["consistency"].items()}
+        restic = _backup.restic_from_params(params["restic"]) if params["backend"] == "restic" else None
+        options = _backup.BackupOptions(backend=params["backend"], compression=params["compression"],
+                                        compression_level=params["compression_level"], consistency=consistency,
+                                        space_check=params["space_check"], restic=restic, tags=params["tags"])
+        client = docker_client()
+        ledger = Ledger(params["store"], app["name"])
+        plan = _backup.plan_backup(app, client, options)
+        result["items"] = [s.describe() for s in plan["sources"]]
+        result["left_out"] = plan["skipped"]
+        if module.check_mode:
+            result["changed"] = True
+            module.exit_json(**scrub(result, secrets))
+        with ledger.lock(params["lock_timeout"], "backup"):
+            outcome = _backup.run_backup(app, client, ledger, options, plan)
+        manifest = outcome["manifest"]
+        result.update(
+            changed=True,
+            set_id=manifest["set_id"],
+            set_dir=outcome["set_dir"],
+            items=[_backup.item_view(i) for i in manifest["items"]],
+            release_id=manifest["release_id"],
+            schema_version=manifest["schema_version"],
+            bytes=sum(int(i.get("bytes") or 0) for i in manifest["items"]),
+            duration_s=manifest["duration_s"],
+            actions=outcome["actions"],
+            notices=outcome["warnings"],
+        )
+        for notice in outcome["warnings"]:
+            module.warn(scrub(notice, secrets))
+    except (AppError, OperatorError, LedgerError, StorageError, ResticError, ArchiveError) as exc:
+        fail(module, scrub(f"backup of app {name} failed: {exc}", secrets), **scrub(result, secrets))
+    except DockerException as exc:
+        fail(module, scrub(f"backup of app {name} failed: the Docker Engine refused a request ({exc}); "
+                           "check that the app's containers exist and run again", secrets), **scrub(result, secrets))
+    except OSError as exc:
+        fail(module, scrub(f"backup of app {name} failed: {exc}; check free space and permissions of {params['store']}", secrets),
+             exception=traceback.format_exc(), **scrub(result, secrets))
+    finally:
+        if restic is not None:
+            restic.close()
+    module.exit_json(**scrub(result, secrets))
+
+
+if __name__ == "__main__":
+    main()

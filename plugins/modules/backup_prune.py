@@ -1,0 +1,152 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_prune
+short_description: Remove old backup sets by keep-last and keep-within rules, never a restore point still needed
+version_added: 0.1.0
+description:
+  - Keeps the newest O(keep_last) sets and every set younger than O(keep_within); removes the rest.
+  - Whatever the rules say, never removes the newest verified set, nor for each retained release (a release
+    record still in the ledger, or the current release) the newest set taken under it, nor a set a release
+    record names in C(backup_set) or C(backup_sets).
+  - Partial sets (no manifest) are removed too; only the backup module creates them, under the same app lock.
+  - Sets stored in restic have their snapshots forgotten and pruned (O(restic) is then required).
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  keep_last:
+    description: Number of newest complete sets to keep.
+    type: int
+  keep_within:
+    description: Keep every set younger than this, as a number and a unit (V(s), V(m), V(h), V(d), V(w)), for example V(7d).
+    type: str
+  restic:
+    description: The restic repository, needed when sets to remove are stored in restic.
+    type: dict
+    suboptions:
+      repository:
+        description: Repository location, as for C(restic -r).
+        type: str
+        required: true
+      password:
+        description: Repository password; handed to restic through a private temporary file.
+        type: str
+      password_file:
+        description: File holding the repository password.
+        type: path
+      env:
+        description: Extra environment for restic.
+        type: dict
+        default: {}
+  lock_timeout:
+    description: Seconds to wait for another run on the same app to finish.
+    type: float
+    default: 60
+author:
+  - selfhost.rollback contributors
+"""
+
+EXAMPLES = r"""
+- name: Keep a week of backups and at least the last three
+  selfhost.rollback.backup_prune:
+    app: "{{ item }}"
+    keep_last: 3
+    keep_within: 7d
+  loop: "{{ rollback_apps }}"
+"""
+
+RETURN = r"""
+removed:
+  description: Sets removed (or that would be, in check mode), oldest first.
+  returned: always
+  type: list
+  elements: str
+  sample: [b-20261101T020000Z-0a1b]
+kept:
+  description: Sets kept, each with the rules that keep it.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"set_id": "b-20261122T020705Z-3fa1", "reasons": ["among the last 3", "newest verified set"]}]
+partial_removed:
+  description: Partial sets (no manifest) removed.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import shutil
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, fail, scrub, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
+
+
+def argument_spec() -> dict[str, t.Any]:
+    return app_argument_spec(
+        keep_last={"type": "int"},
+        keep_within={"type": "str"},
+        restic=_backup.restic_option_spec(),
+        lock_timeout={"type": "float", "default": 60},
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_one_of=[("keep_last", "keep_within")])
+    params = module.params
+    name = params["app"]["name"]
+    secrets = [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else []
+    result: dict[str, t.Any] = {"changed": False, "removed": [], "kept": [], "partial_removed": []}
+    restic = None
+    try:
+        app = validate_app(params["app"])
+        if params["keep_last"] is not None and params["keep_last"] < 0:
+            raise OperatorError("keep_last must be 0 or more")
+        within = _backup.parse_duration(params["keep_within"]) if params["keep_within"] else None
+        ledger = Ledger(params["store"], app["name"])
+        with ledger.lock(params["lock_timeout"], "backup_prune"):
+            sets = _backup.list_sets(ledger)
+            releases, pinned = _backup.retained_releases(ledger)
+            plan = _backup.prune_plan(sets, releases, params["keep_last"], within, utcnow(), pinned)
+            partial = _backup.partial_sets(ledger)
+            result.update(removed=plan["remove"], kept=plan["keep"], partial_removed=partial,
+                          changed=bool(plan["remove"] or partial))
+            if result["changed"] and not module.check_mode:
+                by_id = {e["set_id"]: e for e in sets}
+                snapshots = [i["snapshot"] for s in plan["remove"] for i in by_id[s]["manifest"].get("items", []) if i.get("snapshot")]
+                if snapshots:
+                    restic = _backup.restic_from_params(params["restic"])
+                    if restic is None:
+                        raise OperatorError("sets to remove are stored in restic; give the restic option")
+                    restic.forget(snapshots)
+                for set_id in plan["remove"] + partial:
+                    shutil.rmtree(ledger.path("backups", set_id))
+    except (AppError, OperatorError, LedgerError, ResticError) as exc:
+        fail(module, scrub(f"pruning backup sets of app {name} failed: {exc}", secrets), **result)
+    except OSError as exc:
+        fail(module, f"pruning backup sets of app {name} failed: {exc}; check permissions of {params['store']}", **result)
+    finally:
+        if restic is not None:
+            restic.close()
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

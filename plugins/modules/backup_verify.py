@@ -1,0 +1,201 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_verify
+short_description: Prove a backup set by checking every checksum and restoring it somewhere disposable
+version_added: 0.1.0
+description:
+  - V(deep) check - reads every archive of the set, compares its sha256 with the manifest and, for
+    file data, every member's type, mode, owner, size and sha256.
+  - V(test_restore) - restores every database dump into a throwaway container of the same database
+    image (no network) and compares row counts per table with the manifest; SQLite copies are opened
+    on the host and pass C(PRAGMA integrity_check); file archives are extracted to a scratch directory
+    and compared with the manifest file by file.
+  - Each run is appended to C(verification.json) in the set directory (when, what, pass or fail,
+    timings, failures); the manifest is never changed.
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+    details: The checks run but their results are not recorded.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    details: Every run outside check mode records one more verification run.
+options:
+  set_id:
+    description: The set to verify. Defaults to the newest complete set.
+    type: str
+  checks:
+    description: Which checks to run, in order.
+    type: list
+    elements: str
+    choices: [deep, test_restore]
+    default: [deep, test_restore]
+  fail_on_mismatch:
+    description: Fail the task when a check fails (the result still carries RV(passed) and RV(failures)).
+    type: bool
+    default: true
+  restic:
+    description: The restic repository, needed for sets stored with the restic backend.
+    type: dict
+    suboptions:
+      repository:
+        description: Repository location, as for C(restic -r).
+        type: str
+        required: true
+      password:
+        description: Repository password; handed to restic through a private temporary file.
+        type: str
+      password_file:
+        description: File holding the repository password.
+        type: path
+      env:
+        description: Extra environment for restic.
+        type: dict
+        default: {}
+  timeout:
+    description: Seconds to wait for a throwaway database container to accept connections.
+    type: float
+    default: 120
+  lock_timeout:
+    description: Seconds to wait for another run on the same app to finish.
+    type: float
+    default: 60
+requirements:
+  - Docker SDK for Python
+  - zstd or gzip (whichever compressed the set); restic for restic sets
+author:
+  - selfhost.rollback contributors
+"""
+
+EXAMPLES = r"""
+- name: Prove the newest backup set of every app
+  selfhost.rollback.backup_verify:
+    app: "{{ item }}"
+  loop: "{{ rollback_apps }}"
+
+- name: Only check checksums of one set, and report instead of failing
+  selfhost.rollback.backup_verify:
+    app: "{{ rollback_apps[0] }}"
+    set_id: b-20261122T020705Z-3fa1
+    checks: [deep]
+    fail_on_mismatch: false
+  register: verify
+"""
+
+RETURN = r"""
+set_id:
+  description: The set verified.
+  returned: always
+  type: str
+  sample: b-20261122T020705Z-3fa1
+passed:
+  description: Whether every check of every item passed.
+  returned: always
+  type: bool
+failures:
+  description: What failed, each line naming the item.
+  returned: always
+  type: list
+  elements: str
+  sample: ["volume uploads: archive checksum mismatch: stored sha256:12..., manifest says sha256:9a..."]
+runs:
+  description: The verification runs, as recorded in C(verification.json).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"at": "2026-11-22T02:07:31Z", "kind": "deep", "passed": true, "duration_s": 0.41, "failures": [],
+            "checks": [{"item": "uploads", "kind": "checksum", "passed": true, "duration_s": 0.02, "failures": []}]}]
+duration_s:
+  description: Seconds all checks took.
+  returned: always
+  type: float
+"""
+
+import time
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    DockerException,
+    OperatorError,
+    docker_client,
+    fail,
+    require_docker_sdk,
+    scrub,
+    secret_values,
+)
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
+from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
+
+
+def argument_spec() -> dict[str, t.Any]:
+    return app_argument_spec(
+        set_id={"type": "str"},
+        checks={"type": "list", "elements": "str", "choices": ["deep", "test_restore"], "default": ["deep", "test_restore"]},
+        fail_on_mismatch={"type": "bool", "default": True},
+        restic=_backup.restic_option_spec(),
+        timeout={"type": "float", "default": 120},
+        lock_timeout={"type": "float", "default": 60},
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    require_docker_sdk(module)
+    params = module.params
+    name = params["app"]["name"]
+    secrets: list[str] = []
+    result: dict[str, t.Any] = {"changed": False, "set_id": params["set_id"], "passed": False, "failures": [], "runs": [],
+                                "duration_s": 0.0}
+    restic = None
+    try:
+        app = validate_app(params["app"])
+        secrets = secret_values(app, [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else [])
+        restic = _backup.restic_from_params(params["restic"])
+        client = docker_client()
+        ledger = Ledger(params["store"], app["name"])
+        began = time.monotonic()
+        with ledger.lock(params["lock_timeout"], "backup_verify"):
+            entry = _backup.load_set(ledger, params["set_id"])
+            result["set_id"] = entry["set_id"]
+            if entry["manifest"].get("backend") == "restic" and restic is None:
+                raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
+            runs = _backup.verify_set(ledger, entry, params["checks"], client, restic,
+                                      record=not module.check_mode, timeout=params["timeout"])
+        result.update(
+            changed=not module.check_mode,
+            runs=runs,
+            passed=all(run["passed"] for run in runs),
+            failures=[f for run in runs for f in run["failures"]],
+            duration_s=round(time.monotonic() - began, 3),
+        )
+    except (AppError, OperatorError, LedgerError, StorageError, ResticError, ArchiveError) as exc:
+        fail(module, scrub(f"verification of a backup set of app {name} could not run: {exc}", secrets), **scrub(result, secrets))
+    except DockerException as exc:
+        fail(module, scrub(f"verification of a backup set of app {name} could not run: the Docker Engine refused a request "
+                           f"({exc}); check that the database image still exists", secrets), **scrub(result, secrets))
+    finally:
+        if restic is not None:
+            restic.close()
+    if not result["passed"] and params["fail_on_mismatch"]:
+        fail(module, scrub(f"backup set {result['set_id']} of app {name} failed verification: "
+                           f"{'; '.join(result['failures'][:3])}; take a new backup, and do not restore this set", secrets),
+             **scrub(result, secrets))
+    module.exit_json(**scrub(result, secrets))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: restore
+short_description: Restore a verified backup set into the live app or into another Compose project
+version_added: 0.1.0
+description:
+  - Restores every item of a backup set. Into the live app (the default) - stop the app's containers
+    (noting which ran), create missing volumes and containers, replace volume and path contents, load
+    database dumps (the database is dropped and recreated), start what ran before, wait for health.
+  - Into another project (drills) - set O(target.project_name); volumes are restored into that project's
+    volumes (C(<project_name>_<volume>)), databases into that project's database services, bind paths
+    into O(target.project_dir) when given.
+  - Refuses a set that fails verification. By default a fresh deep check runs first and nothing is
+    touched when it fails.
+  - File data is extracted next to the live directory and swapped in only when complete. Extraction
+    refuses absolute paths, C(..), links that point outside the target and device files.
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+    details: Verifies the set and reports what would be stopped, restored and started.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details:
+      - A second run with the same set reports RV(changed=false) when the target still looks exactly as the
+        first run left it (file metadata of every restored tree, table write counters of each database, the
+        running services). Anything written since makes it restore again. MySQL targets always restore.
+options:
+  set_id:
+    description: The set to restore. Defaults to the newest complete set.
+    type: str
+  target:
+    description: Where to restore. Defaults to the live app.
+    type: dict
+    suboptions:
+      project_name:
+        description: Compose project name to restore into.
+        type: str
+      project_dir:
+        description: Project directory (a copy of the app's) whose compose files, env file and bind paths the target uses.
+        type: path
+  start:
+    description:
+      - Which services run afterwards. V(previous) - those that ran before (all of them when the target had no
+        containers). V(all) - every service. V(none) - none; database services started to load dumps are stopped again.
+    type: str
+    choices: [previous, all, none]
+    default: previous
+  verify:
+    description:
+      - V(deep) - run a fresh deep check of the set first (recorded in C(verification.json)).
+      - V(recorded) - trust the newest recorded verification run, which must have passed.
+    type: str
+    choices: [deep, recorded]
+    default: deep
+  force:
+    description: Restore even when the target looks as a previous restore of the same set left it.
+    type: bool
+    default: false
+  health_timeout:
+    description: Seconds to wait for O(app.health.url) to answer 2xx after a restore into the live app.
+    type: float
+    default: 120
+  restic:
+    description: The restic repository, needed for sets stored with the restic backend.
+    type: dict
+    suboptions:
+      repository:
+        description: Repository location, as for C(restic -r).
+        type: str
+        required: true
+      password:
+        description: Repository password; handed to restic through a private temporary file.
+        type: str
+      password_file:
+        description: File holding the repository password.
+        type: path
+      env:
+        description: Extra environment for restic.
+        type: dict
+        default: {}
+  lock_timeout:
+    description: Seconds to wait for another run on the same app to finish.
+    type: float
+    default: 60
+requirements:
+  - Docker SDK for Python
+  - the docker CLI with the Compose v2 plugin
+author:
+  - selfhost.rollback contributors
+"""
+
+EXAMPLES = r"""
+- name: Put the newest backup set back into the live notes app
+  selfhost.rollback.restore:
+    app: "{{ rollback_apps[0] }}"
+
+- name: Restore one set into a scratch copy for a drill, leaving it stopped
+  selfhost.rollback.restore:
+    app: "{{ rollback_apps[0] }}"
+    set_id: b-20261122T020705Z-3fa1
+    target:
+      project_name: notes-drill
+      project_dir: /srv/drills/notes
+    start: none
+"""
+
+RETURN = r"""
+set_id:
+  description: The set restored.
+  returned: always
+  type: str
+  sample: b-20261122T020705Z-3fa1
+target:
+  description: The Compose project restored into.
+  returned: always
+  type: str
+  sample: notes
+live:
+  description: Whether the target is the live app.
+  returned: always
+  type: bool
+verification:
+  description: The verification run that allowed the restore.
+  returned: when a set was checked
+  type: dict
+restored:
+  description: Items restored (or that would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: ["volume uploads", "path config", "database db-notes"]
+left_out:
+  description: Items left out, with the reason.
+  returned: always
+  type: list
+  elements: dict
+actions:
+  description: What was done, in order.
+  returned: always
+  type: list
+  elements: str
+started:
+  description: Services started after the restore.
+  returned: success
+  type: list
+  elements: str
+timings:
+  description: Seconds per item, for the health wait and in total.
+  returned: success
+  type: dict
+  sample: {"volume:uploads": 0.05, "database:db-notes": 1.9, "health": 2.1, "total": 9.8}
+"""
+
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _restore
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    DockerException,
+    OperatorError,
+    docker_client,
+    fail,
+    require_docker_sdk,
+    scrub,
+    secret_values,
+)
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
+from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
+
+
+def argument_spec() -> dict[str, t.Any]:
+    return app_argument_spec(
+        set_id={"type": "str"},
+        target={"type": "dict", "options": {"project_name": {"type": "str"}, "project_dir": {"type": "path"}}},
+        start={"type": "str", "choices": ["previous", "all", "none"], "default": "previous"},
+        verify={"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
+        force={"type": "bool", "default": False},
+        health_timeout={"type": "float", "default": 120},
+        restic=_backup.restic_option_spec(),
+        lock_timeout={"type": "float", "default": 60},
+    )
+
+
+def gate(ledger: Ledger, entry: dict[str, t.Any], mode: str, client: t.Any, restic: t.Any, record: bool) -> dict[str, t.Any]:
+    """The verification that allows a restore; raises when the set does not pass."""
+    if mode == "recorded":
+        run = _backup.last_verification(entry.get("verification") or [])
+        if not run:
+            raise OperatorError(f"backup set {entry['set_id']} was never verified; run selfhost.rollback.backup_verify "
+                                "or restore with verify=deep")
+    else:
+        run = _backup.verify_set(ledger, entry, ["deep"], client, restic, record=record)[0]
+    if not run["passed"]:
+        raise OperatorError(f"restore refused: backup set {entry['set_id']} fails verification "
+                            f"({'; '.join(run['failures'][:3])}); nothing was changed — restore an older set")
+    return run
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    require_docker_sdk(module)
+    params = module.params
+    name = params["app"]["name"]
+    secrets: list[str] = []
+    result: dict[str, t.Any] = {"changed": False, "set_id": params["set_id"], "target": None, "live": True,
+                                "restored": [], "left_out": [], "actions": []}
+    restic = None
+    try:
+        app = validate_app(params["app"])
+        secrets = secret_values(app, [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else [])
+        restic = _backup.restic_from_params(params["restic"])
+        target_params = params["target"] or {}
+        target = _restore.target_app(app, target_params.get("project_name"), target_params.get("project_dir"))
+        result["target"] = target["project_name"]
+        client = docker_client()
+        ledger = Ledger(params["store"], app["name"])
+        with ledger.lock(params["lock_timeout"], "restore"):
+            entry = _backup.load_set(ledger, params["set_id"])
+            result["set_id"] = entry["set_id"]
+            if entry["manifest"].get("backend") == "restic" and restic is None:
+                raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
+            plan = _restore.plan_restore(app, target, client, entry)
+            result.update(live=plan["live"], restored=[f"{s['kind']} {s['name']}" for s in plan["steps"]],
+                          left_out=plan["skipped"])
+            if not params["force"] and _restore.already_restored(ledger, target, client, entry, plan):
+                result["actions"] = [f"{target['project_name']} still holds set {entry['set_id']} as restored; nothing to do"]
+                module.exit_json(**scrub(result, secrets))
+            result["verification"] = {k: v for k, v in gate(ledger, entry, params["verify"], client, restic,
+                                                             record=not module.check_mode).items() if k != "checks"}
+            if module.check_mode:
+                result["changed"] = True
+                result["actions"] = ([f"stop {', '.join(plan['running'])}"] if plan["running"] else []) + \
+                    [f"restore {r}" for r in result["restored"]]
+                module.exit_json(**scrub(result, secrets))
+            result["changed"] = True
+            outcome = _restore.run_restore(app, target, client, ledger, entry, plan, restic, params["start"],
+                                           params["health_timeout"])
+        result.update(actions=outcome["actions"], started=outcome["started"], timings=outcome["timings"])
+    except (AppError, OperatorError, LedgerError, StorageError, ResticError, ArchiveError) as exc:
+        fail(module, scrub(f"restore of app {name} failed: {exc}", secrets), **scrub(result, secrets))
+    except DockerException as exc:
+        fail(module, scrub(f"restore of app {name} failed: the Docker Engine refused a request ({exc}); "
+                           "check 'docker compose ps' for the app and run again", secrets), **scrub(result, secrets))
+    except OSError as exc:
+        fail(module, scrub(f"restore of app {name} failed: {exc}; check free space and permissions on the target", secrets),
+             **scrub(result, secrets))
+    finally:
+        if restic is not None:
+            restic.close()
+    module.exit_json(**scrub(result, secrets))
+
+
+if __name__ == "__main__":
+    main()
