@@ -1,0 +1,153 @@
+"""Archives of file data: exact round trips and the extraction rules."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+
+import pytest
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive
+
+
+def build_tree(root: str) -> None:
+    os.makedirs(os.path.join(root, "empty dir"))
+    os.makedirs(os.path.join(root, "sub/deeper"))
+    names = ["plain.txt", "with space.txt", "ünïcødé ✓.md", "new\nline", "tab\tname"]
+    for index, name in enumerate(names):
+        with open(os.path.join(root, "sub", name), "wb") as handle:
+            handle.write(f"content {index}\n".encode() * (index + 1))
+    raw = os.path.join(root.encode(), b"sub", b"latin1-\xe9t\xe9")
+    with open(raw, "wb") as handle:
+        handle.write(b"not utf-8 name")
+    os.symlink("plain.txt", os.path.join(root, "sub", "link-to-plain"))
+    os.symlink("../sub/deeper", os.path.join(root, "sub", "deeper-link"))
+    os.link(os.path.join(root, "sub", "plain.txt"), os.path.join(root, "hardlink.txt"))
+    sparse = os.path.join(root, "sparse.img")
+    with open(sparse, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+        handle.seek(4096 * 100)
+        handle.write(b"data in the middle")
+        handle.seek(64 * 1024 * 1024 - 10)
+        handle.write(b"tail bytes")
+    os.chmod(os.path.join(root, "sub", "with space.txt"), 0o604)
+    os.chmod(os.path.join(root, "sub", "deeper"), 0o2750)
+    os.chmod(os.path.join(root, "empty dir"), 0o711)
+    os.chown(os.path.join(root, "sub", "plain.txt"), 1234, 4321)
+    os.mkfifo(os.path.join(root, "a fifo"))
+    os.chmod(root, 0o750)
+
+
+def roundtrip(src: str, dest: str) -> dict:
+    buffer = io.BytesIO()
+    writer = _archive.write_tree(src, buffer)
+    assert _archive.verify_stream(io.BytesIO(buffer.getvalue()), writer.files) == []
+    os.makedirs(dest)
+    _archive.extract_stream(io.BytesIO(buffer.getvalue()), dest)
+    return writer.files
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners round-trip only as root")
+def test_odd_files_round_trip_exactly(tmp_path):
+    src, dest = str(tmp_path / "src"), str(tmp_path / "dest")
+    os.makedirs(src)
+    build_tree(src)
+    files = roundtrip(src, dest)
+    assert _archive.compare_trees(files, _archive.scan_tree(dest)) == []
+    assert _archive.scan_tree(src) == _archive.scan_tree(dest)
+    assert files["sparse.img"]["sparse"] is True
+    restored = os.stat(os.path.join(dest, "sparse.img"))
+    assert restored.st_size == 64 * 1024 * 1024 and restored.st_blocks * 512 < 1024 * 1024
+    with open(os.path.join(dest, "sparse.img"), "rb") as handle:
+        handle.seek(4096 * 100)
+        assert handle.read(18) == b"data in the middle"
+    assert os.stat(os.path.join(dest, "hardlink.txt")).st_ino == os.stat(os.path.join(dest, "sub", "plain.txt")).st_ino
+    assert os.readlink(os.path.join(dest, "sub", "deeper-link")) == "../sub/deeper"
+    assert stat.S_IMODE(os.stat(os.path.join(dest, "sub", "deeper")).st_mode) == 0o2750
+    assert os.stat(os.path.join(dest, "sub", "plain.txt")).st_uid == 1234
+    assert os.path.exists(os.path.join(dest.encode(), b"sub", b"latin1-\xe9t\xe9"))
+    assert os.listdir(os.path.join(dest, "empty dir")) == []
+    assert stat.S_IMODE(os.stat(dest).st_mode) == 0o750
+
+
+def test_a_changed_byte_is_named(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"hello world")
+    buffer = io.BytesIO()
+    writer = _archive.write_tree(str(src), buffer)
+    data = bytearray(buffer.getvalue())
+    data[data.index(b"hello world")] ^= 0x01
+    problems = _archive.verify_stream(io.BytesIO(bytes(data)), writer.files)
+    assert problems and "'a.txt': sha256" in problems[0]
+
+
+def test_symlink_leaving_the_tree_is_refused_at_backup(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("/etc/passwd", src / "escape")
+    with pytest.raises(_archive.ArchiveError, match="points outside"):
+        _archive.write_tree(str(src), io.BytesIO())
+
+
+def hostile(*members: tarfile.TarInfo, data: bytes = b"x") -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for member in members:
+            archive.addfile(member, io.BytesIO(data) if member.isreg() else None)
+    buffer.seek(0)
+    return buffer
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", size: int = 1) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.size = size if kind == tarfile.REGTYPE else 0
+    return info
+
+
+HOSTILE = {
+    "absolute path": [member("/tmp/selfhost-pwned")],
+    "dot-dot": [member("../selfhost-pwned")],
+    "dot-dot inside": [member("a/../../selfhost-pwned")],
+    "absolute symlink": [member("link", tarfile.SYMTYPE, "/etc")],
+    "escaping symlink": [member("link", tarfile.SYMTYPE, "../../etc")],
+    "write through symlink": [member("d", tarfile.DIRTYPE), member("d/link", tarfile.SYMTYPE, ".."),
+                              member("d/link/pwned")],
+    "hard link outside": [member("hard", tarfile.LNKTYPE, "/etc/passwd")],
+    "hard link escaping": [member("hard", tarfile.LNKTYPE, "../outside")],
+    "hard link to unknown": [member("hard", tarfile.LNKTYPE, "nothing-before")],
+    "char device": [member("null", tarfile.CHRTYPE)],
+    "block device": [member("sda", tarfile.BLKTYPE)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_members_are_refused(tmp_path, case):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(_archive.UnsafeMember):
+        _archive.extract_stream(hostile(*HOSTILE[case]), str(dest))
+    assert not (tmp_path / "selfhost-pwned").exists()
+    assert not os.path.exists("/tmp/selfhost-pwned")
+
+
+@pytest.mark.parametrize("name,target,inside", [
+    ("a", "b", True), ("a/b", "../c", True), ("a/b", "../../c", False), ("a", "/etc", False),
+    ("a/b/c", "../../x/../y", True), ("a", "", False), ("a", ".", True),
+])
+def test_link_target_inside(name, target, inside):
+    assert _archive.link_target_inside(name, target) is inside
+
+
+def test_safe_members_extract(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    count = _archive.extract_stream(hostile(member("dir", tarfile.DIRTYPE), member("dir/file"),
+                                            member("dir/rel", tarfile.SYMTYPE, "file"),
+                                            member("hard", tarfile.LNKTYPE, "dir/file")), str(dest))
+    assert count == 4
+    assert (dest / "hard").read_bytes() == b"x" and os.readlink(dest / "dir" / "rel") == "file"
