@@ -20,17 +20,19 @@ description:
   - M(selfhost.rollback.release) already keeps the archive in step when it records a release; use O(state=present)
     to archive separately, for example after recording with C(archive_images=false).
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
   - selfhost.rollback.app
 attributes:
   check_mode:
     support: full
-    details: With O(state=loaded), check mode assumes a pull from the registry succeeds.
+    description: With O(state=loaded), check mode assumes a pull from the registry succeeds.
   diff_mode:
     support: none
+    description: The changes are returned as RV(exported), RV(removed) and RV(images).
   idempotent:
     support: full
+    description: A second run finds the archive in step and the images present, and changes nothing.
 options:
   state:
     description:

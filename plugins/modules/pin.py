@@ -22,17 +22,19 @@ description:
     records them by image ID and keeps them in the image archive. Services with only C(build:) are skipped.
   - Images that are already pinned are left as they are.
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
   - selfhost.rollback.app
 attributes:
   check_mode:
     support: full
+    description: Reports exactly which image lines would change; nothing is written.
   diff_mode:
     support: full
-    details: Returns the before and after text of each changed compose file.
+    description: Returns the before and after text of each changed compose file.
   idempotent:
     support: full
+    description: Pinned images are left as they are; a second run changes nothing.
 options:
   pull:
     description:

@@ -15,24 +15,25 @@ description:
     of its value, never the value), the runtime versions (engine, API, Compose), the schema version from
     O(app.schema_probe), the declared O(app.artifacts) by digest, and the project's named volumes.
   - The release id is derived from the content, so recording the same state twice returns the same release
-    with RV(changed=false). C(<store>/<app>/current_release.json) points at the release that matches what runs.
+    with C(changed=false). C(<store>/<app>/current_release.json) points at the release that matches what runs.
   - Unless O(archive_images=false), the images of the last O(keep_releases) releases (and the current one) are
     exported to the ledger's image archive, and archives no retained release needs are removed;
     see M(selfhost.rollback.image_archive).
   - Use M(selfhost.rollback.release_info) to list and show releases.
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
   - selfhost.rollback.app
 attributes:
   check_mode:
     support: full
-    details: Reads the running state and reports whether a new release would be recorded and which images would be archived.
+    description: Reads the running state and reports whether a new release would be recorded and which images would be archived.
   diff_mode:
     support: none
+    description: The record is returned as RV(release) instead.
   idempotent:
     support: full
-    details: The same running state finds the existing release; nothing is written.
+    description: The same running state finds the existing release; nothing is written.
 options:
   archive_images:
     description:

@@ -13,17 +13,19 @@ description:
     are still restorable on this host (on the engine or in the image archive).
   - With O(release_id), also returns that release's full record.
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
   - selfhost.rollback.app
 attributes:
   check_mode:
     support: full
+    description: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
   idempotent:
     support: full
-    details: Reads only.
+    description: Read-only.
 options:
   release_id:
     description:
