@@ -277,4 +277,3 @@ def summary(record: dict[str, t.Any], current: str | None) -> dict[str, t.Any]:
         "images": {name: s.get("pinned_ref") or s.get("image_ref") for name, s in (record.get("services") or {}).items()},
         "images_archived": len(record.get("images_archived") or {}),
     }
-

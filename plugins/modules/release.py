@@ -112,7 +112,9 @@ release:
       description: Digest of the content (everything but timestamps and archive bookkeeping).
       type: str
     services:
-      description: Per service, C(image_ref), C(image_id), C(repo_digest), C(pinned_ref), C(source) (C(registry) or C(local)), C(build), C(environment) fingerprints.
+      description:
+        - Per service, C(image_ref), C(image_id), C(repo_digest), C(pinned_ref), C(source) (C(registry) or C(local)),
+          C(build) and C(environment) fingerprints.
       type: dict
     config_fingerprint:
       description: Every key of the env file with a salted hash of its value.
