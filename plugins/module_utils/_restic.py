@@ -115,7 +115,8 @@ def finish_backup(proc: subprocess.Popen, what: str) -> str:
     """Wait for a ``backup --stdin`` started by :meth:`Restic.backup_stdin`; return the snapshot id."""
     with contextlib.suppress(BrokenPipeError, OSError):
         proc.stdin.close()
-    stdout, stderr = proc.communicate()
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    proc.wait()
     check_exit(proc.returncode, stderr, what)
     for line in reversed(stdout.decode(errors="replace").splitlines()):
         with contextlib.suppress(ValueError):
