@@ -45,10 +45,14 @@ def own_notes_image(docker_client, registry, tmp_path):
         yield {"repository": repository, "ref": ref, "image_id": image.id, "digest": digest}
     finally:
         delete_manifest(repository, digest)
-        try:
-            docker_client.images.remove(image.id, force=True, noprune=False)
-        except Exception:  # already gone (the test prunes it) or still used by a container being removed
-            pass
+        # this fixture is torn down before demo_project: stop what runs the image first
+        for container in docker_client.containers.list(all=True, filters={"ancestor": image.id}):
+            container.remove(force=True)
+        for leftover in (image.id, ref):
+            try:
+                docker_client.images.remove(leftover, force=True)
+            except Exception:  # already gone: the test prunes it and may not load it back
+                pass
 
 
 def test_a_release_whose_image_left_registry_and_engine_starts_from_the_archive(
