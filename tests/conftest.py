@@ -25,9 +25,12 @@ from typing import Any, Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+COLLECTIONS_PATH = Path(os.environ.get("SELFHOST_VENV", REPO / ".venv")) / "collections"
+# unit tests import the collection's code as Ansible does: from ansible_collections.selfhost.rollback
+if COLLECTIONS_PATH.is_dir() and str(COLLECTIONS_PATH) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS_PATH))
 REGISTRY = os.environ.get("SELFHOST_REGISTRY", "127.0.0.1:5000")
 VENV_PYTHON = sys.executable
-COLLECTIONS_PATH = Path(os.environ.get("SELFHOST_VENV", REPO / ".venv")) / "collections"
 DEMO_TEMPLATE = REPO / "demo"
 NOTES_IMAGE = f"{REGISTRY}/selfhost/notes"
 
@@ -102,7 +105,7 @@ class DemoApp:
             "databases": [{"service": "db", "engine": "postgres", "database": "notes", "user": "notes"}],
             "volumes": ["dbdata", "uploads"],
             "paths": ["config"],
-            "schema_probe": {"service": "db", "sql": "select coalesce(max(version), 0) from schema_migrations"},
+            "schema_probe": {"service": "db", "sql": "select coalesce(max(version), 0) from schema_migrations", "additive": ["2"]},
         }
         app.update(overrides)
         return app

@@ -110,6 +110,15 @@ options:
           user:
             description: Database user. Defaults to the first O(app.databases) entry of that service.
             type: str
+          additive:
+            description:
+              - Schema versions reached by additive migrations, on which code written for the
+                version before still runs (for example V(["2"]) when schema 2 only added a column).
+              - The compatibility gate lets a release run on a newer schema when every step up to
+                it is listed here; any other step needs the data restored.
+            type: list
+            elements: str
+            default: []
       version_locks:
         description: Groups of services that must always run the same version.
         type: list

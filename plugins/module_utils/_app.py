@@ -54,6 +54,7 @@ def app_option_spec() -> dict[str, t.Any]:
                 "sql": {"type": "str", "required": True},
                 "database": {"type": "str"},
                 "user": {"type": "str"},
+                "additive": {"type": "list", "elements": "str", "default": []},
             },
         },
         "version_locks": {"type": "list", "elements": "list", "default": []},

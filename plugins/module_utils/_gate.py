@@ -1,0 +1,276 @@
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The rollback compatibility gate and migration notes: pure logic over ledger records.
+
+Every function takes records (releases, backup sets, live state) and returns findings;
+reading the host happens in the modules. Each finding is a sentence with its numbers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import typing as t
+
+READY = "ready"
+NEEDS_DATA_RESTORE = "needs_data_restore"
+BLOCKED = "blocked"
+
+
+def as_number(value: t.Any) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def schema_relation(live: t.Any, target: t.Any, additive: list[str]) -> tuple[str, str]:
+    """How the target's code relates to the live schema: same, compatible, older_code, newer_code, unknown."""
+    if live is None or target is None:
+        return "unknown", "no schema version recorded (declare schema_probe to compare schemas)"
+    if str(live) == str(target):
+        return "same", f"the live schema {live} is the one release was recorded on"
+    live_n, target_n = as_number(live), as_number(target)
+    if live_n is None or target_n is None:
+        return "older_code", f"the live schema {live} differs from the target's {target}"
+    if live_n < target_n:
+        return "newer_code", f"the live schema {live} is older than the target's {target}; its migrations run forward on start"
+    steps = [str(v) for v in range(target_n + 1, live_n + 1)]
+    blocking = [s for s in steps if s not in {str(a) for a in additive}]
+    if not blocking:
+        return "compatible", (f"the live schema {live} is newer than the target's {target}, "
+                              f"but every step ({', '.join(steps)}) is declared additive")
+    return "older_code", (f"the live schema {live} is newer than the target's {target} and step "
+                          f"{', '.join(blocking)} is not additive: the target's code cannot run on today's data")
+
+
+def pick_target(releases: list[dict[str, t.Any]], target: str, live_digest: str | None) -> dict[str, t.Any] | None:
+    """``previous``: the newest release whose content differs from what runs now; else the id."""
+    if target != "previous":
+        return next((r for r in releases if r.get("release_id") == target), None)
+    candidates = [r for r in releases if r.get("content_digest") != live_digest]
+    if live_digest is not None:
+        # releases recorded after the live one are not "previous" (they were rolled away from)
+        live_records = [i for i, r in enumerate(releases) if r.get("content_digest") == live_digest]
+        if live_records:
+            candidates = [r for r in releases[: live_records[-1]] if r.get("content_digest") != live_digest]
+    return candidates[-1] if candidates else None
+
+
+def restore_candidates(sets: list[dict[str, t.Any]], target: dict[str, t.Any], releases: list[dict[str, t.Any]],
+                       additive: list[str]) -> list[dict[str, t.Any]]:
+    """Complete sets whose data the target's code can run on, newest first.
+
+    A set qualifies when it was taken under the target, or under another release whose
+    recorded schema the target can run on (same, or reached by additive steps only).
+    """
+    schema_of = {r.get("release_id"): r.get("schema_version") for r in releases}
+    out = []
+    for entry in sets:
+        manifest = entry.get("manifest") or {}
+        if manifest.get("release_id") == target.get("release_id"):
+            out.append(entry)
+            continue
+        schema = manifest.get("schema_version", schema_of.get(manifest.get("release_id")))
+        relation, _why = schema_relation(schema, target.get("schema_version"), additive)
+        if relation in ("same", "compatible"):
+            out.append(entry)
+    return sorted(out, key=lambda e: (e.get("manifest") or {}).get("created_at") or "", reverse=True)
+
+
+def lock_violations(services: dict[str, dict[str, t.Any]], groups: list[list[str]]) -> list[str]:
+    """Groups of services that must run the same version but would not in ``services``."""
+    problems = []
+    for group in groups:
+        missing = [s for s in group if s not in services]
+        if missing:
+            problems.append(f"version lock {group}: the target release has no service {', '.join(missing)}")
+            continue
+        versions = {s: image_version(services[s]) for s in group}
+        if len(set(versions.values())) > 1:
+            shown = ", ".join(f"{s} {v}" for s, v in sorted(versions.items()))
+            problems.append(f"version lock {group} is violated: {shown}; locked services must run the same version")
+    return problems
+
+
+def image_version(service: dict[str, t.Any]) -> str:
+    """The tag of a service's image reference, else its image id (short)."""
+    ref = str(service.get("image_ref") or "").split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        return last.split(":", 1)[1]
+    return (service.get("image_id") or "untagged").replace("sha256:", "")[:12]
+
+
+def config_drift(target: dict[str, str], live: dict[str, str]) -> dict[str, list[str]]:
+    """Keys only in the target (missing now), only live (added since), and with other values."""
+    return {
+        "missing_now": sorted(set(target) - set(live)),
+        "added_since": sorted(set(live) - set(target)),
+        "changed": sorted(k for k in set(target) & set(live) if target[k] != live[k]),
+    }
+
+
+def runtime_findings(target: dict[str, t.Any], live: dict[str, t.Any]) -> list[tuple[str, str]]:
+    """(level, sentence) for engine API and Compose versions; level is ok, warn or block."""
+    findings = []
+    t_api, l_api = _version_tuple(target.get("api_version")), _version_tuple(live.get("api_version"))
+    if t_api and l_api and l_api < t_api:
+        findings.append(("block", f"the engine API is {live.get('api_version')} but the target was recorded on "
+                                  f"{target.get('api_version')}; upgrade the Docker Engine first"))
+    elif t_api and l_api:
+        findings.append(("ok", f"engine API {live.get('api_version')} (target recorded on {target.get('api_version')})"))
+    t_compose, l_compose = _version_tuple(target.get("compose_version")), _version_tuple(live.get("compose_version"))
+    if t_compose and l_compose and t_compose[0] != l_compose[0]:
+        findings.append(("block", f"Compose is {live.get('compose_version')} but the target was recorded with "
+                                  f"{target.get('compose_version')} (another major version)"))
+    elif t_compose and l_compose and l_compose < t_compose:
+        findings.append(("warn", f"Compose {live.get('compose_version')} is older than the "
+                                 f"{target.get('compose_version')} the target was recorded with"))
+    elif t_compose and l_compose:
+        findings.append(("ok", f"Compose {live.get('compose_version')} (target recorded with {target.get('compose_version')})"))
+    return findings
+
+
+def _version_tuple(value: t.Any) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    parts = []
+    for piece in str(value).lstrip("v").split("-", 1)[0].split("."):
+        number = as_number(piece)
+        if number is None:
+            break
+        parts.append(number)
+    return tuple(parts) or None
+
+
+def age_seconds(created_at: str | None, now: datetime.datetime) -> int | None:
+    if not created_at:
+        return None
+    moment = datetime.datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    return int((now - moment).total_seconds())
+
+
+def human_age(seconds: int | None) -> str:
+    if seconds is None:
+        return "unknown age"
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def window_closes(entry: dict[str, t.Any], sets: list[dict[str, t.Any]], keep_last: int | None,
+                  keep_within_s: int | None) -> dict[str, t.Any]:
+    """When retention will remove this restore point: after how many more sets, or at what time."""
+    newer = [s for s in sets if (s.get("manifest") or {}).get("created_at", "") > (entry.get("manifest") or {}).get("created_at", "")]
+    out: dict[str, t.Any] = {"sets_newer": len(newer)}
+    if keep_last:
+        out["removed_after_sets"] = max(keep_last - len(newer) - 1, 0) + 1
+    if keep_within_s:
+        created = datetime.datetime.strptime(entry["manifest"]["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+        out["removed_after"] = (created + datetime.timedelta(seconds=keep_within_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
+
+
+def decide(checks: list[dict[str, t.Any]]) -> str:
+    levels = {c["level"] for c in checks}
+    if "block" in levels:
+        return BLOCKED
+    if "restore" in levels:
+        return NEEDS_DATA_RESTORE
+    return READY
+
+
+def render_table(checks: list[dict[str, t.Any]]) -> list[str]:
+    """A short fixed-width table for the task output."""
+    marks = {"ok": "ok", "warn": "WARN", "restore": "RESTORE", "block": "BLOCK"}
+    width = max([len(c["check"]) for c in checks] + [5])
+    lines = [f"{'check'.ljust(width)}  {'result'.ljust(7)}  detail"]
+    for check in checks:
+        lines.append(f"{check['check'].ljust(width)}  {marks[check['level']].ljust(7)}  {check['detail']}")
+    return lines
+
+
+# --------------------------------------------------------------------------- migration notes
+
+
+def image_changes(before: dict[str, t.Any], after: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        old_ref = (old or {}).get("pinned_ref") or (old or {}).get("image_ref")
+        new_ref = (new or {}).get("pinned_ref") or (new or {}).get("image_ref")
+        if old is None:
+            changes.append({"service": name, "change": "added", "after": new_ref})
+        elif new is None:
+            changes.append({"service": name, "change": "removed", "before": old_ref})
+        elif old.get("image_id") != new.get("image_id") or old_ref != new_ref:
+            changes.append({"service": name, "change": "changed", "before": old_ref, "after": new_ref,
+                            "before_version": image_version(old), "after_version": image_version(new)})
+    return changes
+
+
+def note_between(before: dict[str, t.Any], after: dict[str, t.Any], additive: list[str]) -> dict[str, t.Any]:
+    """What changed from release ``before`` to release ``after``, and how to reverse it."""
+    drift = config_drift(before.get("config_fingerprint") or {}, after.get("config_fingerprint") or {})
+    relation, why = schema_relation(after.get("schema_version"), before.get("schema_version"), additive)
+    volumes_before, volumes_after = set(before.get("volumes") or {}), set(after.get("volumes") or {})
+    runtime_b, runtime_a = before.get("runtime") or {}, after.get("runtime") or {}
+    if relation in ("same", "compatible", "newer_code", "unknown"):
+        reverse = "roll back the images and compose files; the data can stay"
+        if relation == "unknown":
+            reverse = "roll back the images and compose files; no schema is declared, so check the data by hand"
+    else:
+        reverse = (f"restore the data from a backup set taken under {before.get('release_id')} together with the "
+                   "code: its code cannot run on the new schema, and anything written since that set is lost")
+    return {
+        "from_release": before.get("release_id"),
+        "to_release": after.get("release_id"),
+        "schema": {"before": before.get("schema_version"), "after": after.get("schema_version"),
+                   "reversible_without_data": relation in ("same", "compatible", "newer_code"), "why": why},
+        "config": {"added": drift["added_since"], "removed": drift["missing_now"], "changed": drift["changed"]},
+        "images": image_changes(before.get("services") or {}, after.get("services") or {}),
+        "volumes": {"added": sorted(volumes_after - volumes_before), "removed": sorted(volumes_before - volumes_after)},
+        "runtime": {k: {"before": runtime_b.get(k), "after": runtime_a.get(k)}
+                    for k in sorted(set(runtime_b) | set(runtime_a)) if runtime_b.get(k) != runtime_a.get(k)},
+        "how_to_reverse": reverse,
+    }
+
+
+def note_markdown(note: dict[str, t.Any]) -> str:
+    schema = note["schema"]
+    lines = [
+        f"# Migration note: {note['from_release']} → {note['to_release']}",
+        "",
+        f"- App: {note.get('app')}",
+        f"- Written: {note.get('written_at')}",
+        f"- Backup set: {note.get('backup_set') or 'none'}",
+        "",
+        "## Schema",
+        f"{schema['before']} → {schema['after']}: {schema['why']}.",
+        "",
+        "## How to reverse",
+        note["how_to_reverse"] + ".",
+        "",
+        "## Images",
+    ]
+    lines += [f"- {c['service']}: {c['change']} {c.get('before') or ''} → {c.get('after') or ''}".rstrip()
+              for c in note["images"]] or ["- no image changed"]
+    lines += ["", "## Configuration keys (values are never recorded)"]
+    config = note["config"]
+    lines += [f"- added: {', '.join(config['added']) or 'none'}",
+              f"- removed: {', '.join(config['removed']) or 'none'}",
+              f"- changed: {', '.join(config['changed']) or 'none'}"]
+    lines += ["", "## Volumes",
+              f"- added: {', '.join(note['volumes']['added']) or 'none'}",
+              f"- removed: {', '.join(note['volumes']['removed']) or 'none'}"]
+    if note["runtime"]:
+        lines += ["", "## Runtime"] + [f"- {k}: {v['before']} → {v['after']}" for k, v in note["runtime"].items()]
+    if note.get("text"):
+        lines += ["", "## Operator's note", note["text"]]
+    if note.get("data_loss"):
+        lines += ["", "## Data written after the backup", note["data_loss"]]
+    return "\n".join(lines) + "\n"

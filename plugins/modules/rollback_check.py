@@ -1,0 +1,355 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: rollback_check
+short_description: Say whether an app can go back to a release, before anything changes
+version_added: 0.1.0
+description:
+  - The compatibility gate. Compares a target release (V(previous) or an id) with what
+    runs on the host today and returns a verdict, V(ready), V(needs_data_restore) or
+    V(blocked), with every reason and the numbers behind it.
+  - "Checks: the target's images are here, in the image archive, or pullable from their
+    registry; the live schema against the target's (when newer and not additive, which
+    verified backup set would restore it, its age and the data written since); engine API
+    and Compose versions against what the target recorded; declared version locks; config
+    drift (keys only, never values); the retention window of the restore point; free
+    space to restore."
+  - Read-only. Never fails because of the verdict; use RV(verdict) in the play.
+author:
+  - selfhost.rollback maintainers (@selfhost-rollback)
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to show.
+  idempotent:
+    support: full
+    description: Read-only.
+options:
+  target:
+    description:
+      - The release to go back to, V(previous) (the newest release before what runs now) or a release id.
+    type: str
+    default: previous
+  allow_pull:
+    description: Count images that their registry still serves as available (the registry is asked).
+    type: bool
+    default: true
+  keep_last:
+    description: The backup retention's keep-last rule, to say when the restore point will be pruned.
+    type: int
+  keep_within:
+    description: The backup retention's keep-within rule (V(7d), V(36h), V(90m)), to say when the restore point will be pruned.
+    type: str
+  space_margin:
+    description: Free space needed to restore, as a multiple of the backup set's unpacked size.
+    type: float
+    default: 1.2
+requirements:
+  - Docker SDK for Python 7.0 or newer
+  - the Compose v2 CLI plugin (C(docker compose))
+seealso:
+  - module: selfhost.rollback.release
+  - module: selfhost.rollback.backup
+  - module: selfhost.rollback.migration_note
+"""
+
+EXAMPLES = r"""
+- name: Can notes go back to the previous release?
+  selfhost.rollback.rollback_check:
+    app: "{{ rollback_apps | selectattr('name', 'equalto', 'notes') | first }}"
+  register: gate
+
+- name: Show the table
+  ansible.builtin.debug:
+    var: gate.table
+
+- name: Stop when the target is blocked
+  ansible.builtin.fail:
+    msg: "{{ gate.reasons | join(' ') }}"
+  when: gate.verdict == 'blocked'
+"""
+
+RETURN = r"""
+verdict:
+  description: V(ready) (images and config suffice), V(needs_data_restore) (the data must come back with the code), or V(blocked).
+  returned: success
+  type: str
+  sample: needs_data_restore
+reasons:
+  description: Every finding that is not plain ok, each one sentence with its numbers.
+  returned: success
+  type: list
+  elements: str
+target:
+  description: The target release (id, when recorded, schema, images).
+  returned: success
+  type: dict
+live:
+  description: What runs now (matching release id if recorded, schema, images).
+  returned: success
+  type: dict
+restore_set:
+  description: The verified backup set that would bring the data back (V(null) when none is needed or none qualifies).
+  returned: success
+  type: dict
+  sample: {set_id: b-20261122T020705Z-1a2b, age_s: 640, release_id: r-20261122T020500Z-9f8e7d6c, schema_version: "2"}
+data_loss:
+  description: What would be lost by restoring RV(restore_set) - seconds since it was taken and rows per table then and now.
+  returned: success
+  type: dict
+checks:
+  description: One entry per check with C(check), C(level) (ok, warn, restore, block), C(detail) and its data.
+  returned: success
+  type: list
+  elements: dict
+table:
+  description: The checks as a short fixed-width table, for the task output.
+  returned: success
+  type: list
+  elements: str
+"""
+
+import datetime
+import os
+import shutil
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _gate
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    DockerException,
+    OperatorError,
+    docker_client,
+    require_docker_sdk,
+    secret_values,
+    service_container,
+    utcnow,
+)
+from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import count_rows
+from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import content_digest, read_salt, releases, running_state
+
+
+def check(level: str, name: str, detail: str, **data: t.Any) -> dict[str, t.Any]:
+    return {"check": name, "level": level, "detail": detail, **data}
+
+
+def image_check(client: t.Any, ledger: Ledger, target: dict[str, t.Any], allow_pull: bool) -> dict[str, t.Any]:
+    rows = plan_load(client, ledger, target, allow_pull)
+    for row in rows:
+        if row["source"] == "registry":
+            try:
+                client.images.get_registry_data(row["ref"])
+            except DockerException:
+                archive = _archive_for(ledger, row["image_id"])
+                row.update({"source": "archive", "archive": archive} if archive else {"source": "missing"})
+    missing = [r for r in rows if r["source"] in ("missing", "unknown")]
+    sources = ", ".join(f"{r['service']} {r['source']}" for r in rows)
+    if missing:
+        names = ", ".join(f"{r['service']} ({r['ref']})" for r in missing)
+        return check("block", "images", f"not available anywhere: {names}; they are not on this engine, not in the image archive "
+                                        "and not pullable", rows=rows)
+    return check("ok", "images", f"all available: {sources}", rows=rows)
+
+
+def _archive_for(ledger: Ledger, image_id: str) -> str | None:
+    entry = read_index(ledger)["archives"].get(image_id)
+    if entry and os.path.isfile(ledger.path("images", entry["file"])):
+        return entry["file"]
+    return None
+
+
+def live_counts(client: t.Any, app: dict[str, t.Any], item: dict[str, t.Any]) -> dict[str, int] | None:
+    if item.get("engine") not in ("postgres", "mysql", "mariadb", "sqlite"):
+        return None
+    try:
+        container = service_container(client, app, item["service"])
+        database = {"engine": item["engine"], "database": item["database"], "user": item.get("user"), "path": item.get("path")}
+        return count_rows(container.id, database, f"app {app['name']}")
+    except (OperatorError, DockerException, KeyError):
+        return None
+
+
+def data_loss(client: t.Any, app: dict[str, t.Any], entry: dict[str, t.Any], now: datetime.datetime) -> dict[str, t.Any]:
+    manifest = entry["manifest"]
+    loss: dict[str, t.Any] = {"since": manifest.get("created_at"), "seconds": _gate.age_seconds(manifest.get("created_at"), now),
+                              "tables": {}}
+    for item in manifest.get("items", []):
+        if item.get("kind") != "database":
+            continue
+        now_counts = live_counts(client, app, item) or {}
+        for table, then in sorted((item.get("tables") or {}).items()):
+            loss["tables"][table] = {"in_set": then, "now": now_counts.get(table)}
+        for table, count in sorted(now_counts.items()):
+            loss["tables"].setdefault(table, {"in_set": None, "now": count})
+    parts = []
+    for table, counts in loss["tables"].items():
+        if counts["now"] is None:
+            parts.append(f"{table} ({counts['in_set']} rows in the set) no longer exists under that name")
+        elif counts["in_set"] is None:
+            parts.append(f"{table} ({counts['now']} rows now) did not exist then and is dropped")
+        elif counts["now"] != counts["in_set"]:
+            parts.append(f"{table} has {counts['now']} rows now, {counts['in_set']} in the set")
+    loss["summary"] = (f"everything written in the last {_gate.human_age(loss['seconds'])}"
+                       + (f" ({'; '.join(parts)})" if parts else ""))
+    return loss
+
+
+def space_check(client: t.Any, ledger: Ledger, entry: dict[str, t.Any] | None, margin: float) -> dict[str, t.Any]:
+    if entry is None:
+        return check("ok", "space", "no data restore needed")
+    needed = int(sum(int(i.get("raw_bytes") or i.get("bytes") or 0) for i in entry["manifest"].get("items", [])) * margin)
+    root = client.info().get("DockerRootDir") or "/var/lib/docker"
+    path = root if os.path.isdir(root) else ledger.root
+    free = shutil.disk_usage(path).free
+    detail = f"{free // 1048576} MB free under {path}, {needed // 1048576} MB needed to restore"
+    if free < needed:
+        return check("block", "space", f"not enough space: {detail}; free space before rolling back", free=free, needed=needed)
+    return check("ok", "space", detail, free=free, needed=needed)
+
+
+def run(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
+    params = module.params
+    ledger = Ledger(params["store"], app["name"])
+    history = releases(ledger)
+    if not history:
+        raise OperatorError(f"app {app['name']}: no release is recorded in {ledger.root}; record one with "
+                            "selfhost.rollback.release (the pre_upgrade playbook does) before asking about a rollback")
+    client = docker_client()
+    salt = read_salt(ledger) or b""
+    live = running_state(client, app, salt, secret_values(app))
+    live_digest = content_digest(live)
+    target = _gate.pick_target(history, params["target"], live_digest)
+    if target is None:
+        known = ", ".join(r["release_id"] for r in history[-5:])
+        if params["target"] == "previous":
+            raise OperatorError(f"app {app['name']}: there is no release before the one running now (recorded: {known})")
+        raise OperatorError(f"app {app['name']}: release {params['target']} is not in the ledger; recorded releases: {known}")
+    live_id = next((r["release_id"] for r in reversed(history) if r.get("content_digest") == live_digest), None)
+    additive = (app.get("schema_probe") or {}).get("additive") or []
+    now = utcnow()
+    checks: list[dict[str, t.Any]] = []
+
+    if target.get("content_digest") == live_digest:
+        checks.append(check("ok", "release", f"{target['release_id']} is what runs now; nothing to roll back"))
+    checks.append(image_check(client, ledger, target, params["allow_pull"]))
+
+    relation, why = _gate.schema_relation(live.get("schema_version"), target.get("schema_version"), additive)
+    sets = list_sets(ledger)
+    restore_entry, loss = None, None
+    if relation == "older_code":
+        candidates = _gate.restore_candidates(sets, target, history, additive)
+        verified = [e for e in candidates if is_verified(e)]
+        if verified:
+            restore_entry = verified[0]
+            loss = data_loss(client, app, restore_entry, now)
+            summary = summarize(restore_entry)
+            checks.append(check("restore", "schema", f"{why}; restore verified set {restore_entry['set_id']} "
+                                f"(taken {_gate.human_age(loss['seconds'])} ago under {summary['release_id']}); "
+                                f"lost: {loss['summary']}", live=live.get("schema_version"), target=target.get("schema_version")))
+        else:
+            unverified = [e["set_id"] for e in candidates]
+            detail = (f"{why}, and no verified backup set taken under {target['release_id']} (or on a schema it runs on) exists"
+                      + (f"; {', '.join(unverified)} exist but did not pass verification" if unverified else "")
+                      + "; the data cannot be brought back with the code")
+            checks.append(check("block", "schema", detail, live=live.get("schema_version"), target=target.get("schema_version")))
+    else:
+        checks.append(check("ok" if relation != "unknown" else "warn", "schema", why,
+                            live=live.get("schema_version"), target=target.get("schema_version")))
+
+    findings = _gate.runtime_findings(target.get("runtime") or {}, live.get("runtime") or {})
+    worst = "block" if any(f[0] == "block" for f in findings) else "warn" if any(f[0] == "warn" for f in findings) else "ok"
+    checks.append(check(worst, "runtime", "; ".join(f[1] for f in findings) or "no runtime recorded"))
+
+    violations = _gate.lock_violations(target.get("services") or {}, app.get("version_locks") or [])
+    if violations:
+        checks.append(check("block", "version locks", "; ".join(violations)))
+    elif app.get("version_locks"):
+        checks.append(check("ok", "version locks", f"{len(app['version_locks'])} group(s) run one version each in the target"))
+
+    drift = _gate.config_drift(target.get("config_fingerprint") or {}, live.get("config_fingerprint") or {})
+    if any(drift.values()):
+        parts = []
+        if drift["missing_now"]:
+            parts.append(f"the target had {', '.join(drift['missing_now'])}, missing now: put them back in the env file or it may not boot")
+        if drift["added_since"]:
+            parts.append(f"added since: {', '.join(drift['added_since'])}")
+        if drift["changed"]:
+            parts.append(f"other values now: {', '.join(drift['changed'])}")
+        checks.append(check("warn", "config drift", "; ".join(parts), **drift))
+    else:
+        checks.append(check("ok", "config drift", "same keys and values as the target", **drift))
+
+    if restore_entry is not None:
+        keep_within = int(parse_duration(params["keep_within"]).total_seconds()) if params["keep_within"] else None
+        window = _gate.window_closes(restore_entry, sets, params["keep_last"], keep_within)
+        parts = []
+        if "removed_after_sets" in window:
+            parts.append(f"pruned after {window['removed_after_sets']} more backup(s)")
+        if "removed_after" in window:
+            parts.append(f"pruned after {window['removed_after']}")
+        checks.append(check("warn" if window.get("removed_after_sets") == 1 else "ok", "window",
+                            "restore point " + ("; ".join(parts) if parts else "kept until retention rules are given"), **window))
+    checks.append(space_check(client, ledger, restore_entry, params["space_margin"]))
+
+    verdict = _gate.decide(checks)
+    reasons = [f"{c['check']}: {c['detail']}" for c in checks if c["level"] != "ok"]
+    restore_set = None
+    if restore_entry is not None:
+        summary = summarize(restore_entry)
+        restore_set = {"set_id": restore_entry["set_id"], "created_at": summary["created_at"], "age_s": loss["seconds"] if loss else None,
+                       "release_id": summary["release_id"], "schema_version": summary["schema_version"], "bytes": summary["bytes"]}
+    return {
+        "changed": False,
+        "verdict": verdict,
+        "reasons": reasons,
+        "target": {"release_id": target["release_id"], "recorded_at": target.get("recorded_at"),
+                   "schema_version": target.get("schema_version"),
+                   "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (target.get("services") or {}).items()}},
+        "live": {"release_id": live_id, "schema_version": live.get("schema_version"),
+                 "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (live.get("services") or {}).items()}},
+        "restore_set": restore_set,
+        "data_loss": loss,
+        "checks": checks,
+        "table": [f"rollback of {app['name']} to {target['release_id']}: {verdict}"] + _gate.render_table(checks),
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=app_argument_spec(
+            target={"type": "str", "default": "previous"},
+            allow_pull={"type": "bool", "default": True},
+            keep_last={"type": "int"},
+            keep_within={"type": "str"},
+            space_margin={"type": "float", "default": 1.2},
+        ),
+        supports_check_mode=True,
+    )
+    require_docker_sdk(module)
+    name = module.params["app"]["name"]
+    try:
+        app = validate_app(module.params["app"])
+        result = run(module, app)
+    except (AppError, OperatorError, LedgerError) as exc:
+        module.fail_json(msg=str(exc))
+    except DockerException as exc:
+        module.fail_json(msg=f"app {name}: the Docker Engine refused a request ({exc}); check that dockerd is running")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
