@@ -1,0 +1,214 @@
+"""The restore runbook, generated from a real run.
+
+Runs the steps the runbook tells an operator to take (list sets, verify, restore,
+check) against a fresh demo deployment. With SELFHOST_WRITE_RUNBOOK=1 it rewrites
+docs/restore-runbook.md with the output of this run:
+
+    SELFHOST_WRITE_RUNBOOK=1 .venv/bin/pytest -q tests/integration/test_restore_runbook.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import REPO, http
+
+RUNBOOK = REPO / "docs" / "restore-runbook.md"
+
+
+def playbook(tmp_path: Path, name: str, tasks: list) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps([{"name": name.replace(".yml", "").replace("-", " "), "hosts": "all", "gather_facts": False,
+                                 "vars_files": ["app.json"], "tasks": tasks}], indent=2))
+    return path
+
+
+def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
+    demo = demo_app
+    app = demo.definition()
+    (tmp_path / "app.json").write_text(json.dumps({"app": app, "store": str(demo.store)}))
+    for title in ("groceries", "meeting notes", "ideas"):
+        demo.add_note(title)
+    http("POST", f"{demo.url}/uploads/photo.jpg", b"\xff\xd8" + os.urandom(2000))
+
+    common = {"app": "{{ app }}", "store": "{{ store }}"}
+    run = run_playbook(playbook(tmp_path, "backup.yml", [
+        {"name": "Back up", "selfhost.rollback.backup": common, "register": "backup"},
+        {"name": "Prove it", "selfhost.rollback.backup_verify": common},
+    ]))
+    assert run.rc == 0, run.stdout
+    set_id = run.task("Back up")["result"]["set_id"]
+
+    # the bad day: a faulty upgrade writes garbage, someone deletes the volumes
+    demo.add_note("garbage from the faulty upgrade")
+    demo.compose("down", "-v", "--timeout", "5")
+
+    listing = subprocess.run(f"ls -l {demo.store}/{demo.name}/backups/{set_id}", shell=True, capture_output=True, text=True).stdout
+    status = subprocess.run(["jq", "-r", '.[-1] | "\\(.at) \\(.kind) passed=\\(.passed) in \\(.duration_s)s"',
+                             f"{demo.store}/{demo.name}/backups/{set_id}/verification.json"],
+                            capture_output=True, text=True).stdout if _has_jq() else ""
+
+    verify = run_playbook(playbook(tmp_path, "verify.yml", [
+        {"name": "Verify the set", "selfhost.rollback.backup_verify": {**common, "set_id": set_id}, "register": "v"},
+        {"name": "Show the verdict", "ansible.builtin.debug": {"msg": "{{ v.passed }} {{ v.failures }}"}},
+    ]))
+    assert verify.rc == 0, verify.stdout
+    restore = run_playbook(playbook(tmp_path, "restore.yml", [
+        {"name": "Restore", "selfhost.rollback.restore": {**common, "set_id": set_id}, "register": "r"},
+        {"name": "What was done", "ansible.builtin.debug": {"var": "r.actions"}},
+        {"name": "How long it took", "ansible.builtin.debug": {"var": "r.timings"}},
+    ]))
+    assert restore.rc == 0, restore.stdout
+    health = http("GET", f"{demo.url}/healthz")
+    notes = [n["title"] for n in demo.notes()]
+    assert health[0] == 200 and notes == ["groceries", "meeting notes", "ideas"]
+
+    if os.environ.get("SELFHOST_WRITE_RUNBOOK") == "1":
+        text = render(demo, set_id, run, verify, restore, listing, status, health, notes)
+        RUNBOOK.write_text(text)
+
+
+def _has_jq() -> bool:
+    return subprocess.run(["sh", "-c", "command -v jq"], capture_output=True).returncode == 0
+
+
+def clean(demo, text: str) -> str:
+    text = text.replace(str(demo.store), "/var/lib/selfhost-rollback").replace(str(demo.project_dir), "/srv/notes")
+    text = text.replace(demo.name, "notes").replace(f"127.0.0.1:{demo.port}", "127.0.0.1:8080")
+    text = re.sub(r"/tmp/pytest-of-root/\S+/playbook-run-\d+/", "", text)
+    text = re.sub(r"/tmp/pytest-of-root/\S+?/", "", text)
+    assert demo.password not in text
+    return text.strip()
+
+
+def tasks_only(stdout: str) -> str:
+    lines = [l for l in stdout.splitlines() if l.strip()]
+    return "\n".join(lines)
+
+
+def render(demo, set_id, backup, verify, restore, listing, status, health, notes) -> str:
+    c = lambda s: clean(demo, s)  # noqa: E731
+    return f"""# Restore runbook
+
+*Generated from a real run on the test bed by `tests/integration/test_restore_runbook.py`
+(`SELFHOST_WRITE_RUNBOOK=1 .venv/bin/pytest -q tests/integration/test_restore_runbook.py`).
+Paths and names are shown as they would be for an app called `notes` in `/srv/notes`.*
+
+Use this when an app's data is wrong or gone and you want it back as it was at a backup.
+Every step is safe to repeat. Nothing is changed until step 4.
+
+## 0. Before you start
+
+- You need: the app's name as in `rollback_apps`, the inventory, and root on the host.
+- The restore replaces the app's data with the backup's. Anything written after the backup is lost.
+  If you want to keep today's data for later, run a backup first (`selfhost.rollback.backup`) — it
+  costs seconds.
+- Restores run one at a time per app (a lock). "app notes is busy" means another run is still going.
+
+## 1. Pick the backup set
+
+Sets live in `/var/lib/selfhost-rollback/<app>/backups/`; names sort by time (`b-<UTC time>-<4 hex>`).
+A set is usable only if it has `manifest.json`. Its proofs are in `verification.json`.
+
+```console
+# ls -l /var/lib/selfhost-rollback/notes/backups/{set_id}
+{c(listing)}
+# jq -r '.[-1] | "\\(.at) \\(.kind) passed=\\(.passed) in \\(.duration_s)s"' /var/lib/selfhost-rollback/notes/backups/{set_id}/verification.json
+{c(status) or "(jq not installed on this host: open verification.json and read the last entry)"}
+```
+
+Pick the newest set taken **before** things went wrong whose last verification says `passed=true`.
+
+## 2. Verify it (again)
+
+```yaml
+# verify.yml
+- hosts: notes_host
+  gather_facts: false
+  tasks:
+    - name: Verify the set
+      selfhost.rollback.backup_verify:
+        app: "{{{{ rollback_apps[0] }}}}"
+        set_id: {set_id}
+      register: v
+```
+
+Real output:
+
+```console
+$ ansible-playbook verify.yml
+{c(tasks_only(verify.stdout))}
+```
+
+`passed: false`? Do **not** restore that set. The failures name the item (for example
+`volume uploads: archive checksum mismatch`). Go back to step 1 and pick the next older set.
+
+## 3. Know what will happen
+
+The restore stops the app's containers (it notes which were running), creates any missing
+volumes and containers, replaces each volume and bind path with the backup's content (extracted
+beside the live data and swapped in only when complete), drops and re-creates each database and
+loads its dump, starts what was running (everything, if the project was gone), and waits for the
+health URL. It first runs a fresh checksum check of the set and refuses — changing nothing — if
+that fails. Add `--check` to see the plan without doing anything.
+
+## 4. Restore
+
+```yaml
+# restore.yml
+- hosts: notes_host
+  gather_facts: false
+  tasks:
+    - name: Restore
+      selfhost.rollback.restore:
+        app: "{{{{ rollback_apps[0] }}}}"
+        set_id: {set_id}
+      register: r
+```
+
+Real output (the volumes had been deleted with `docker compose down -v` before this run):
+
+```console
+$ ansible-playbook restore.yml
+{c(tasks_only(restore.stdout))}
+```
+
+## 5. Check
+
+```console
+$ curl -s http://127.0.0.1:8080/healthz
+{json.dumps(health[1])}
+$ curl -s http://127.0.0.1:8080/notes | jq -r '.[].title'
+{chr(10).join(notes)}
+```
+
+The note written after the backup ("garbage from the faulty upgrade") is gone, as it should be.
+
+## If something goes wrong
+
+| you see | it means | do |
+|---|---|---|
+| `restore refused: backup set ... fails verification` | the set is damaged; nothing was changed | pick an older set (step 1) |
+| `app notes is busy` | another run holds the app's lock | wait for it; check `cat /var/lib/selfhost-rollback/notes/lock` for who |
+| `did not become healthy` | data is back but the app does not start on it | `docker compose logs app`; if the schema is newer than the code, roll the release back too |
+| `the target project has no volume ...` | the compose file changed since the backup | restore with the compose files of the release the set was taken under |
+| a second run says `changed: false` | the app still holds exactly what the last restore put there | nothing; add `force: true` to restore anyway |
+
+## Rehearse it (drill)
+
+Restore into a copy instead of the live app — same module, with a target:
+
+```yaml
+- name: Restore into a scratch copy
+  selfhost.rollback.restore:
+    app: "{{{{ rollback_apps[0] }}}}"
+    target:
+      project_name: notes-drill
+      project_dir: /srv/drills/notes     # a copy of /srv/notes with another port in .env
+    start: all
+```
+"""
