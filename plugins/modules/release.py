@@ -19,6 +19,9 @@ description:
   - Unless O(archive_images=false), the images of the last O(keep_releases) releases (and the current one) are
     exported to the ledger's image archive, and archives no retained release needs are removed;
     see M(selfhost.rollback.image_archive).
+  - The release's project files (compose files and env file) are kept in C(<store>/<app>/projects/<release_id>/),
+    0600 in 0700 directories like backup artifacts, so that M(selfhost.rollback.switch) can put them back; JSON
+    records never hold their values.
   - Use M(selfhost.rollback.release_info) to list and show releases.
 author:
   - selfhost.rollback maintainers (@selfhost-rollback)
@@ -175,6 +178,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes, plan_archive
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils import _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import (
     CURRENT,
     archived_images,
@@ -209,6 +213,8 @@ def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.
         actions.append(f"record release {release_id}")
     if current_release_id(ledger) != release_id:
         actions.append(f"point {CURRENT} at {release_id}")
+    if _project.saved_files(ledger, release_id) is None:
+        actions.append(f"keep the project files of {release_id} (compose and env files, 0600)")
 
     plan = plan_archive(ledger, params["keep_releases"], record) if params["archive_images"] else None
     if plan is not None:
@@ -235,6 +241,8 @@ def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.
                 ledger.write(f"releases/{release_id}.json", record)
             if current_release_id(ledger) != release_id:
                 ledger.write(CURRENT, {"release_id": release_id, "updated_at": iso()})
+            # the files a switch back to this release puts in place; same digest, same files
+            _project.save_files(ledger, release_id, _project.read_files(_project.project_files(app)))
             if params["archive_images"]:
                 plan = plan_archive(ledger, params["keep_releases"])
                 done = apply_archive(client, docker_cli(), ledger, plan)

@@ -1,0 +1,112 @@
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A release's project files (compose files and env file) kept restorable.
+
+A release record holds fingerprints, never values; switching back to a release needs
+the files themselves. They are copied into ``<store>/<app>/projects/<release_id>/``
+(0600 files in 0700 directories, like backup artifacts), never into a JSON record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing as t
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, sha256_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
+
+PINNED_IMAGE = re.compile(r"^(?P<head>\s*-?\s*image:\s*[\"']?[^\s\"'#]+?)@sha256:[0-9a-f]{64}", re.MULTILINE)
+ENV_LINE = re.compile(r"^(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def project_files(app: dict[str, t.Any]) -> dict[str, str]:
+    """relative name → absolute path of the files that define the app (compose files, env file)."""
+    files = {}
+    for path in list(app["compose_files"]) + [app["env_file"]]:
+        if os.path.isfile(path):
+            rel = os.path.relpath(path, app["project_dir"])
+            if rel.startswith(".."):
+                raise OperatorError(f"app {app['name']}: {path} lies outside project_dir; keep compose and env files in the project directory")
+            files[rel] = path
+    return files
+
+
+def read_files(files: dict[str, str]) -> dict[str, bytes]:
+    out = {}
+    for rel, path in files.items():
+        with open(path, "rb") as handle:
+            out[rel] = handle.read()
+    return out
+
+
+def saved_dir(ledger: Ledger, release_id: str) -> str:
+    return ledger.path("projects", release_id)
+
+
+def saved_files(ledger: Ledger, release_id: str) -> dict[str, bytes] | None:
+    """The files saved for a release, or None when none were saved."""
+    index = ledger.read(os.path.join("projects", release_id, "index.json"))
+    if not index:
+        return None
+    out = {}
+    for rel, entry in index["files"].items():
+        with open(ledger.path("projects", release_id, entry["stored"]), "rb") as handle:
+            data = handle.read()
+        if sha256_bytes(data) != entry["sha256"]:
+            raise OperatorError(f"app {ledger.app}: the saved copy of {rel} for release {release_id} is damaged "
+                                "(checksum mismatch); restore it from a backup of the ledger")
+        out[rel] = data
+    return out
+
+
+def save_files(ledger: Ledger, release_id: str, contents: dict[str, bytes]) -> bool:
+    """Save the files for a release once; True when they were written now."""
+    if ledger.read(os.path.join("projects", release_id, "index.json")):
+        return False
+    index = {"format": 1, "release_id": release_id, "files": {}}
+    for number, (rel, data) in enumerate(sorted(contents.items())):
+        stored = f"file-{number}"
+        atomic_write_bytes(ledger.path("projects", release_id, stored), data)
+        index["files"][rel] = {"stored": stored, "sha256": sha256_bytes(data), "size": len(data)}
+    ledger.write(os.path.join("projects", release_id, "index.json"), index)
+    return True
+
+
+def unpin(text: str) -> str:
+    """Remove ``@sha256:…`` from image lines so that a new tag takes effect."""
+    return PINNED_IMAGE.sub(lambda m: m.group("head"), text)
+
+
+def set_env(text: str, updates: dict[str, str]) -> str:
+    """Set KEY=value lines in an env file's text, keeping every other line and comment."""
+    remaining = dict(updates)
+    lines = text.splitlines(keepends=True)
+    out = []
+    for line in lines:
+        match = ENV_LINE.match(line.strip())
+        if match and match.group("key") in remaining:
+            key = match.group("key")
+            out.append(f"{key}={remaining.pop(key)}\n")
+        else:
+            out.append(line)
+    if out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    out.extend(f"{key}={value}\n" for key, value in remaining.items())
+    return "".join(out)
+
+
+def write_project_file(path: str, data: bytes) -> None:
+    """Replace a project file atomically, keeping its mode (an env file stays private)."""
+    existing = os.stat(path) if os.path.exists(path) else None
+    mode = existing.st_mode & 0o777 if existing else 0o600
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.selfhost-tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, mode)
+    if existing is not None:
+        os.chown(tmp, existing.st_uid, existing.st_gid)
+    os.replace(tmp, path)
