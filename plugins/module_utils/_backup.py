@@ -784,7 +784,7 @@ def restic_option_spec() -> dict[str, t.Any]:
         "options": {
             "repository": {"type": "str", "required": True},
             "password": {"type": "str", "no_log": True},
-            "password_file": {"type": "path"},
+            "password_file": {"type": "path", "no_log": False},
             "env": {"type": "dict", "default": {}, "no_log": True},
         },
     }

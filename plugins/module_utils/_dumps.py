@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shlex
 import subprocess
 import tempfile
 import time
@@ -367,6 +366,3 @@ def sqlite_counts_on_host(path: str) -> tuple[dict[str, int], str]:
         connection.close()
     return tables, integrity
 
-
-def shell_join(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
