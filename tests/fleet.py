@@ -546,6 +546,8 @@ def up(count: int = 3, state_dir: str | Path | None = None, *, deploy: bool = Tr
     check_host_image()
     if count < 1:
         raise FleetError("a fleet needs at least one host")
+    if deploy and not images:
+        raise FleetError("deploying the demo needs its images; pass images or deploy=False")
     started = time.monotonic()
     state = Path(state_dir).resolve() if state_dir else Path(tempfile.mkdtemp(prefix="selfhost-fleet-"))
     state.mkdir(parents=True, exist_ok=True)
@@ -606,11 +608,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up.add_argument("--hosts", type=int, default=3, help="how many test hosts (default 3)")
     p_up.add_argument("--state", default=".fleet", help="state dir: key, inventory, fleet.json (default .fleet)")
     p_up.add_argument("--no-deploy", action="store_true", help="hosts and images only, no demo app")
+    p_up.add_argument("--no-images", action="store_true", help="hosts only: no demo images, no demo app (implies --no-deploy)")
     p_up.add_argument("--json", action="store_true", help="print the fleet as JSON instead of the inventory path")
     p_down = sub.add_parser("down", help="remove the fleet of a state dir (containers and volumes)")
     p_down.add_argument("--state", default=".fleet")
     p_status = sub.add_parser("status", help="print the fleet of a state dir as JSON")
     p_status.add_argument("--state", default=".fleet")
+    p_instances = sub.add_parser("instances", help="print molecule's instance config (how to reach each host) as JSON")
+    p_instances.add_argument("--state", default=".fleet")
     p_sweep = sub.add_parser("sweep", help="remove leftover test hosts whose owner is gone")
     p_sweep.add_argument("--all", action="store_true", help="every fleet test host, in use or not")
     args = parser.parse_args(argv)
@@ -630,7 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (state / "fleet.json").exists():
                 raise FleetError(f"a fleet already runs from {state}; 'tests/fleet.py down --state {args.state}' first.")
             sweep()
-            fleet = up(args.hosts, state, deploy=not args.no_deploy, owner=f"state:{state}", log=log)
+            fleet = up(args.hosts, state, deploy=not (args.no_deploy or args.no_images), images=() if args.no_images else DEMO_IMAGES,
+                       owner=f"state:{state}", log=log)
             log(f"up in {max(fleet.timings.values()):.0f}s; "
                 f"try: ansible -i {fleet.inventory} all -m ping")
             print(json.dumps(describe(fleet), indent=2) if args.json else fleet.inventory)
@@ -639,6 +645,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"removed the fleet of {Path(args.state).resolve()}")
         elif args.command == "status":
             print(json.dumps(describe(Fleet.load(args.state)), indent=2))
+        elif args.command == "instances":
+            fleet = Fleet.load(args.state)
+            print(json.dumps([{"instance": h.name, "address": "127.0.0.1", "port": h.port, "user": "root",
+                               "identity_file": str(fleet.key)} for h in fleet.hosts], indent=2))
         elif args.command == "sweep":
             removed = sweep(all_owners=args.all)
             log(f"removed {len(removed)} leftovers" + (f": {', '.join(removed)}" if removed else ""))
