@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The multi-host test bed ("fleet"): several test hosts on this machine, each a
 container with its own Docker Engine and sshd, reached by Ansible over real SSH on
 127.0.0.1 ports, with the demo app deployed on each by ``demo/deploy.yml``.
@@ -92,9 +91,9 @@ def demo_app_definition() -> dict[str, Any]:
 # --------------------------------------------------------------------------- plumbing
 
 
-def _run(cmd: Sequence[str], *, check: bool = True, timeout: float = 120, input: str | bytes | None = None,
+def _run(cmd: Sequence[str], *, check: bool = True, timeout: float = 120, stdin: str | bytes | None = None,
          text: bool = True, **kwargs: Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), capture_output=True, text=text, input=input, timeout=timeout, check=False, **kwargs)
+    proc = subprocess.run(list(cmd), capture_output=True, text=text, input=stdin, timeout=timeout, check=False, **kwargs)
     if check and proc.returncode != 0:
         err = proc.stderr if text else proc.stderr.decode(errors="replace")
         raise FleetError(f"{shlex.join(cmd)} failed ({proc.returncode}): {err.strip()[-2000:]}")
@@ -139,9 +138,9 @@ def _pid_owner(pid: int | None = None) -> str:
 
 
 def _owner_alive(owner: str) -> bool:
-    kind, _, rest = owner.partition(":")
+    kind, rest = (owner.split(":", 1) + [""])[:2]
     if kind == "pid":
-        pid, _, start = rest.partition(":")
+        pid, start = (rest.split(":", 1) + [""])[:2]
         return pid.isdigit() and _process_start_time(int(pid)) == start
     if kind == "state":
         return (Path(rest) / "fleet.json").exists()
@@ -164,6 +163,11 @@ def check_host_image() -> None:
         raise FleetError(f"the fleet host image {HOST_IMAGE} is missing; run scripts/build-host-image.sh (make setup).")
 
 
+def _owned(listing: str) -> list[tuple[str, str]]:
+    """(name, owner) from 'docker ... --format NAME<TAB>OWNER' lines."""
+    return [(line.split("\t", 1) + [""])[:2] for line in listing.splitlines() if line.strip()]  # type: ignore[misc]
+
+
 def sweep(all_owners: bool = False) -> list[str]:
     """Remove fleet containers and volumes whose owner is gone (or all, with ``all_owners``).
 
@@ -174,14 +178,13 @@ def sweep(all_owners: bool = False) -> list[str]:
     removed: list[str] = []
     fmt = '{{.Names}}\t{{.Label "' + OWNER_LABEL + '"}}'
     listing = _docker("ps", "-a", "--filter", f"label={LABEL}={LABEL_VALUE}", "--format", fmt).stdout
-    stale = [name for name, _, owner in (line.partition("\t") for line in listing.splitlines() if line)
-             if all_owners or not _owner_alive(owner)]
+    stale = [name for name, owner in _owned(listing) if all_owners or not _owner_alive(owner)]
     if stale:
         _docker("rm", "-f", "-v", *stale, check=False, timeout=300)
         removed += stale
     fmt = '{{.Name}}\t{{.Label "' + OWNER_LABEL + '"}}'
     listing = _docker("volume", "ls", "--filter", f"label={LABEL}={LABEL_VALUE}", "--format", fmt).stdout
-    for name, _, owner in (line.partition("\t") for line in listing.splitlines() if line):
+    for name, owner in _owned(listing):
         if all_owners or not _owner_alive(owner):
             if _docker("volume", "rm", "-f", name, check=False, timeout=300).returncode == 0:
                 removed.append(name)
@@ -301,11 +304,11 @@ class Fleet:
 
     # ---- commands on a test host
     def exec(self, host: str | FleetHost, cmd: str | Sequence[str], *, check: bool = True, timeout: float = 120,
-             input: str | None = None) -> subprocess.CompletedProcess:
+             stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run ``cmd`` in the test host (a string goes through ``sh -c``)."""
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        flags = ["-i"] if input is not None else []
-        return _run(["docker", "exec", *flags, self.host(host).container, *argv], check=check, timeout=timeout, input=input)
+        flags = ["-i"] if stdin is not None else []
+        return _run(["docker", "exec", *flags, self.host(host).container, *argv], check=check, timeout=timeout, stdin=stdin)
 
     def docker(self, host: str | FleetHost, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """The test host's own ``docker`` CLI, talking to its own engine."""
@@ -340,7 +343,7 @@ class Fleet:
         proc = self.exec(host, ["python3", "-c", script], check=False, timeout=30)
         if proc.returncode != 0:
             return 0, proc.stderr.strip()
-        status, _, body = proc.stdout.partition("\n")
+        status, body = (proc.stdout.split("\n", 1) + [""])[:2]
         try:
             return int(status), json.loads(body)
         except ValueError:

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # The test host's own Docker Engine, logging to /var/log/dockerd.log. Its bridge and
 # address pool stay clear of the outer engine's networks. Failure tests stop it and
 # start it again with 'docker exec -d HOST fleet-dockerd'.

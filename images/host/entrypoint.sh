@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # PID 1 of a fleet test host: sshd (root by key only) and its own Docker Engine.
 # The controller's public key arrives in FLEET_AUTHORIZED_KEY; logs go to /var/log.
 set -u
