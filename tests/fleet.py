@@ -202,7 +202,8 @@ def image_archive(images: Sequence[str] = DEMO_IMAGES) -> Path:
     if archive.exists():
         return archive
     for old in IMAGE_CACHE_DIR.glob("selfhost-fleet-images-*.tar"):
-        old.unlink(missing_ok=True)
+        if old != archive:  # another worker may have just written this one
+            old.unlink(missing_ok=True)
     partial = archive.with_suffix(f".{uuid.uuid4().hex[:8]}.part")
     try:
         _docker("save", "-o", str(partial), *images, timeout=600)
