@@ -73,6 +73,7 @@ class LocalSink:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._proc: subprocess.Popen | None = None
         self._direct: t.Any = None
+        self._follower: threading.Thread | None = None
         if compression == "none":
             self._direct = os.fdopen(os.dup(self._fd), "wb", buffering=0)
             self.write = self._write_direct  # type: ignore[method-assign]
@@ -80,6 +81,25 @@ class LocalSink:
             self._proc = subprocess.Popen(compressor_argv(compression, level), stdin=subprocess.PIPE,
                                           stdout=self._fd, stderr=subprocess.PIPE, bufsize=0)
             widen_pipe(self._proc.stdin.fileno())
+            self._hasher = hashlib.sha256()
+            self._done = threading.Event()
+            self._follower = threading.Thread(target=self._follow, daemon=True)
+            self._follower.start()
+
+    def _follow(self) -> None:
+        """Hash the archive while the compressor writes it (the work overlaps instead of following)."""
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        with open(self.path, "rb", buffering=0) as handle:
+            while True:
+                finished = self._done.is_set()
+                count = handle.readinto(buffer)
+                if count:
+                    self._hasher.update(view[:count])
+                elif finished:
+                    return
+                else:
+                    self._done.wait(0.005)
 
     def _write_direct(self, data: t.Any) -> None:
         try:
@@ -121,10 +141,17 @@ class LocalSink:
         except OSError as exc:
             raise self._failure(exc) from exc
         finally:
+            self._stop_follower()
             os.close(self._fd)
             self._fd = -1
+        digest = "sha256:" + self._hasher.hexdigest() if self._follower is not None else sha256_file(self.path)
         return {"archive": os.path.basename(self.path), "compression": self.compression,
-                "bytes": os.path.getsize(self.path), "sha256": sha256_file(self.path)}
+                "bytes": os.path.getsize(self.path), "sha256": digest}
+
+    def _stop_follower(self) -> None:
+        if self._follower is not None and self._follower.is_alive():
+            self._done.set()
+            self._follower.join()
 
     def abort(self) -> None:
         if self._proc is not None:
@@ -132,6 +159,7 @@ class LocalSink:
                 self._proc.kill()
             with contextlib.suppress(OSError, ValueError):
                 self._proc.wait()
+            self._stop_follower()
         if self._direct is not None:
             with contextlib.suppress(OSError):
                 self._direct.close()
