@@ -15,6 +15,13 @@ failed=()
 
 say() { printf '\n\033[1m=== %s ===\033[0m\n' "$*"; }
 
+# Tools built on ansible-compat may leave a copy of this collection in ~/.ansible, which
+# then shadows the working tree; the tree (on ANSIBLE_COLLECTIONS_PATH) is what is tested.
+drop_stale_copy() {
+  local copy="$HOME/.ansible/collections/ansible_collections/selfhost/rollback"
+  if [ -e "$copy" ] && [ ! -L "$copy" ]; then rm -rf "$copy"; fi
+}
+
 run_unit() {
   say "unit tests"
   pytest -q -p no:cacheprovider tests/unit
@@ -27,6 +34,7 @@ run_integration() {
 
 run_lint() {
   say "ansible-lint (profile production)"
+  drop_stale_copy
   ansible-lint --offline
 }
 
@@ -53,6 +61,7 @@ PY
 
 run_molecule() {
   say "molecule (default scenario: converge, idempotence, verify)"
+  drop_stale_copy
   MOLECULE_PYTHON="$VENV/bin/python" molecule test -s default
 }
 

@@ -48,6 +48,10 @@ options:
     description: Number of probes per URL.
     type: int
     default: 20
+  warmup:
+    description: Requests sent and not counted before the probes (first answers after a start are slow).
+    type: int
+    default: 3
   interval:
     description: Seconds between probes.
     type: float
@@ -69,7 +73,7 @@ options:
   p99_floor_ms:
     description: The relative limit never goes below this many milliseconds (tiny baselines are noisy).
     type: float
-    default: 50
+    default: 200
   max_p99_ms:
     description: Absolute p99 limit in milliseconds; none by default.
     type: float
@@ -185,11 +189,12 @@ def main() -> None:
             mode={"type": "str", "choices": ["check", "baseline", "probe"], "default": "check"},
             baseline={"type": "str"},
             probes={"type": "int", "default": 20},
+            warmup={"type": "int", "default": 3},
             interval={"type": "float", "default": 0.05},
             wait={"type": "float", "default": 60},
             max_error_rate={"type": "float", "default": 0.05},
             max_p99_ratio={"type": "float", "default": 2.0},
-            p99_floor_ms={"type": "float", "default": 50},
+            p99_floor_ms={"type": "float", "default": 200},
             max_p99_ms={"type": "float"},
         ),
         supports_check_mode=True,
@@ -211,6 +216,8 @@ def main() -> None:
         services = sorted(Compose(app).config().get("services", {}))
         client = docker_client()
         time_to_healthy, states = wait_until_healthy(client, app, services, health["url"], health["timeout"], params["wait"])
+        for _index in range(max(params["warmup"], 0) if time_to_healthy is not None else 0):
+            probe_once(health["url"], health["timeout"])
         samples = []
         for index in range(params["probes"]):
             for url in [health["url"]] + list(health.get("urls") or []):

@@ -97,6 +97,10 @@ live:
   description: What runs now (matching release id if recorded, schema, images).
   returned: success
   type: dict
+target_is_live:
+  description: Whether the target is exactly what runs now (nothing to roll back).
+  returned: success
+  type: bool
 restore_set:
   description: The verified backup set that would bring the data back (V(null) when none is needed or none qualifies).
   returned: success
@@ -321,6 +325,7 @@ def run(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
                    "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (target.get("services") or {}).items()}},
         "live": {"release_id": live_id, "schema_version": live.get("schema_version"),
                  "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (live.get("services") or {}).items()}},
+        "target_is_live": target.get("content_digest") == live_digest,
         "restore_set": restore_set,
         "data_loss": loss,
         "checks": checks,

@@ -1,0 +1,103 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_info
+short_description: List an app's backup sets and their verification
+version_added: 0.1.0
+description:
+  - Lists the complete backup sets in the ledger, oldest first, each with the release it was
+    taken under, its schema version, size, and its last verification.
+  - Returns the newest verified set (optionally only sets taken under one release) and its
+    age, so a play can tell whether a fresh enough proven backup exists.
+  - Partial sets (no manifest) are listed apart; they are never usable.
+author:
+  - selfhost.rollback maintainers (@selfhost-rollback)
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to show.
+  idempotent:
+    support: full
+    description: Read-only.
+options:
+  release_id:
+    description: Only consider sets taken under this release for RV(newest_verified).
+    type: str
+seealso:
+  - module: selfhost.rollback.backup
+  - module: selfhost.rollback.backup_verify
+"""
+
+EXAMPLES = r"""
+- name: Is there a proven backup of the current release from the last day?
+  selfhost.rollback.backup_info:
+    app: "{{ app }}"
+    release_id: "{{ release.release_id }}"
+  register: backups
+
+- name: Back up when not
+  selfhost.rollback.backup:
+    app: "{{ app }}"
+  when: backups.newest_verified is none or backups.newest_verified.age_s > 86400
+"""
+
+RETURN = r"""
+sets:
+  description: Every complete set, oldest first.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{set_id: b-20261122T020705Z-3fa1, created_at: "2026-11-22T02:07:05Z", release_id: r-20261122T020500Z-9f8e7d6c,
+            schema_version: "2", bytes: 18342, verified: true, last_verification: {at: "2026-11-22T02:07:09Z", kind: test_restore, passed: true}}]
+partial:
+  description: Ids of sets without a manifest (interrupted; the next backup removes them).
+  returned: always
+  type: list
+  elements: str
+newest_verified:
+  description: The newest set whose last verification passed (within O(release_id) when given), with its age in seconds, or V(null).
+  returned: always
+  type: dict
+"""
+
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, partial_sets, summarize
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, parse_iso, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=app_argument_spec(release_id={"type": "str"}), supports_check_mode=True)
+    try:
+        app = validate_app(module.params["app"])
+        ledger = Ledger(module.params["store"], app["name"])
+        entries = list_sets(ledger)
+        partial = partial_sets(ledger)
+    except (AppError, OperatorError, LedgerError) as exc:
+        module.fail_json(msg=str(exc))
+    wanted = module.params["release_id"]
+    newest: dict[str, t.Any] | None = None
+    for entry in reversed(entries):
+        if is_verified(entry) and (wanted is None or entry["manifest"].get("release_id") == wanted):
+            newest = summarize(entry)
+            created = newest.get("created_at")
+            newest["age_s"] = int((utcnow() - parse_iso(created)).total_seconds()) if created else None
+            break
+    module.exit_json(changed=False, sets=[summarize(e) for e in entries], partial=partial, newest_verified=newest)
+
+
+if __name__ == "__main__":
+    main()

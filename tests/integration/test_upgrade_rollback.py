@@ -1,0 +1,127 @@
+"""The upgrade and rollback playbooks against the real demo app, run by FQCN."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import COLLECTIONS_PATH, VENV_PYTHON, write_inventory
+
+PLAYBOOK_BIN = str(Path(VENV_PYTHON).parent / "ansible-playbook")
+
+
+def inventory_for(demo, tmp_path: Path) -> Path:
+    return write_inventory(tmp_path / f"inventory-{demo.name}.json",
+                           group_vars={"rollback_apps": [demo.definition()], "rollback_store": str(demo.store)})
+
+
+def ledger(demo) -> Path:
+    return demo.store / demo.name
+
+
+def last_operation(demo) -> dict:
+    return json.loads((ledger(demo) / "last_operation.json").read_text())
+
+
+def titles(demo) -> list[str]:
+    return [n["title"] for n in demo.notes()]
+
+
+def test_failed_upgrade_reverts_with_its_data_in_one_run(demo_app, run_playbook, tmp_path):
+    inventory = inventory_for(demo_app, tmp_path)
+    demo_app.add_note("before the upgrade", "must survive")
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.1"}}, inventory=inventory)
+    assert run.rc != 0
+    failure = run.task("Report the failed upgrade and the revert")["result"]["msg"]
+    assert failure.startswith(f"The upgrade of {demo_app.name} failed: app {demo_app.name} failed its health gate: ")
+    assert "It was reverted automatically to release r-" in failure and "data restored from b-" in failure
+    # back on 1.0, healthy, with the data written before the upgrade
+    assert demo_app.wait_healthy(timeout=5) == {"status": "ok", "version": "1.0", "schema": 1, "code_schema": 1}
+    assert titles(demo_app) == ["before the upgrade"]
+    assert "NOTES_VERSION=1.0" in (demo_app.project_dir / ".env").read_text()
+    op = last_operation(demo_app)
+    assert (op["kind"], op["outcome"], op["phase"]) == ("upgrade", "reverted", "done")
+    assert op["figures"]["time_to_healthy_s"] is not None
+    assert not (ledger(demo_app) / "journal.json").exists()
+    assert demo_app.password not in run.stdout
+
+
+def test_upgrade_then_rollback_with_data_and_notes(demo_app, run_playbook, tmp_path):
+    inventory = inventory_for(demo_app, tmp_path)
+    demo_app.add_note("kept", "written under 1.0")
+
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert demo_app.wait_healthy(timeout=5)["version"] == "1.1"
+    assert last_operation(demo_app)["outcome"] == "upgraded"
+    again = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}}, inventory=inventory)
+    assert again.rc == 0 and again.changed() == [], again.changed()
+
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.0"}, "upgrade_max_backup_age": 0,
+                                                     "upgrade_note": "2.0 renames notes to documents"}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert demo_app.wait_healthy(timeout=5)["schema"] == 3
+    demo_app.add_note("lost", "written under 2.0")
+
+    plan = run_playbook("selfhost.rollback.rollback", inventory=inventory, check=True)
+    assert plan.rc == 0, plan.stdout[-3000:]
+    said = plan.task("Say the plan")["result"]["msg"]
+    assert said[2].startswith("data: restored from b-") and "public.documents (2 rows now) did not exist then" in said[3]
+    assert demo_app.wait_healthy(timeout=5)["version"] == "2.0"  # check mode changed nothing
+
+    run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert demo_app.wait_healthy(timeout=5)["version"] == "1.1"
+    assert titles(demo_app) == ["kept"]
+    op = last_operation(demo_app)
+    assert (op["kind"], op["outcome"]) == ("rollback", "rolled_back") and op["data_restored"].startswith("b-")
+    notes = list((ledger(demo_app) / "notes").glob("*.md"))
+    assert len(notes) == 2  # 1.0 -> 1.1 and 1.1 -> 2.0
+    upgrade_note = next(p.read_text() for p in notes if "2.0 renames notes" in p.read_text())
+    assert "## Data written after the backup" in upgrade_note and "lost: everything written in the last" in upgrade_note
+
+    second = run_playbook("selfhost.rollback.rollback", inventory=inventory)
+    assert second.rc == 0 and second.changed() == [], second.changed()
+    assert demo_app.wait_healthy(timeout=5)["version"] == "1.1"
+
+
+def test_killed_upgrade_converges_and_blocked_rollback_refuses(demo_app, run_playbook, tmp_path):
+    inventory = inventory_for(demo_app, tmp_path)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"))
+    extra = tmp_path / "to-1.1.json"
+    extra.write_text(json.dumps({"upgrade_env": {"NOTES_VERSION": "1.1"}}))
+    journal = ledger(demo_app) / "journal.json"
+    proc = subprocess.Popen([PLAYBOOK_BIN, "-i", str(inventory), "selfhost.rollback.upgrade", "-e", f"@{extra}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not journal.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert journal.exists(), "the upgrade never opened its journal"
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 in the middle of the switch
+    proc.wait(30)
+    assert json.loads(journal.read_text())["phase"] == "switching"
+
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert "stopped during 'switching'" in run.task("Report the interrupted operation")["result"]["msg"]
+    assert demo_app.wait_healthy(timeout=5)["version"] == "1.1"
+    outcomes = sorted(json.loads(p.read_text())["outcome"] for p in (ledger(demo_app) / "operations").glob("*.json"))
+    assert outcomes == ["recovered", "upgraded"]
+    assert not journal.exists()
+
+    # a rollback whose data cannot come back is refused before anything changes
+    assert demo_app.deploy("2.0").returncode == 0
+    shutil.rmtree(ledger(demo_app) / "backups")
+    before = demo_app.container_ids(), (demo_app.project_dir / ".env").read_text()
+    run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
+    assert run.rc != 0
+    refusal = run.task("Refuse a blocked target before changing anything")["result"]["msg"]
+    assert "is blocked, nothing was changed: schema: the live schema 3 is newer than the target's 2" in refusal
+    assert (demo_app.container_ids(), (demo_app.project_dir / ".env").read_text()) == before
+    assert demo_app.wait_healthy(timeout=5)["version"] == "2.0"
