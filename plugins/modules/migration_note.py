@@ -44,10 +44,14 @@ options:
       - The backup set the note is attached to. Defaults to the newest complete set taken under O(from_release).
     type: str
   text:
-    description: The operator's own words (for example C(-e note="moved uploads to S3")).
+    description:
+      - The operator's own words (for example C(-e note="moved uploads to S3")).
+      - When not given, the text of an existing note between the same releases is kept.
     type: str
   data_loss:
-    description: What a rollback across this change lost, written by the rollback flow.
+    description:
+      - What a rollback across this change lost, written by the rollback flow.
+      - When not given, the value of an existing note between the same releases is kept.
     type: str
 requirements:
   - Docker SDK for Python 7.0 or newer
@@ -142,11 +146,15 @@ def main() -> None:
         ledger = Ledger(params["store"], name)
         before, after, set_id = choose(app, ledger, params)
         additive = (app.get("schema_probe") or {}).get("additive") or []
-        note = _gate.note_between(before, after, additive)
-        note.update(app=name, backup_set=set_id, text=params["text"], data_loss=params["data_loss"], format=1)
-        note = scrub(note, secret_values(app))
         relpath = os.path.join("notes", f"{before['release_id']}__{after['release_id']}.json")
         existing = ledger.read(relpath)
+        note = _gate.note_between(before, after, additive)
+        # a later writer (the rollback adding what was lost) keeps what an earlier one said
+        kept = existing or {}
+        note.update(app=name, backup_set=set_id or kept.get("backup_set"), format=1,
+                    text=params["text"] if params["text"] is not None else kept.get("text"),
+                    data_loss=params["data_loss"] if params["data_loss"] is not None else kept.get("data_loss"))
+        note = scrub(note, secret_values(app))
         comparable = {k: v for k, v in (existing or {}).items() if k != "written_at"}
         changed = comparable != note
         note["written_at"] = iso() if changed or existing is None else existing.get("written_at")

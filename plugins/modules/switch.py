@@ -43,7 +43,9 @@ options:
     description: A compose file on the managed host that replaces the app's first compose file for an upgrade.
     type: path
   unpin:
-    description: For an upgrade, remove C(@sha256:...) pins from image lines so that new tags take effect.
+    description:
+      - For an upgrade, remove C(@sha256:...) pins from image lines so that new tags take effect.
+      - Only when O(env) or O(compose_src) change something; an app already at the new version keeps its pins.
     type: bool
     default: true
   pull:
@@ -170,6 +172,7 @@ def plan_files(app: dict[str, t.Any], wanted: dict[str, bytes]) -> tuple[list[st
 
 
 def forward_files(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, bytes]:
+    """The project files after the upgrade; pins are lifted only when something else changes."""
     params = module.params
     files = _project.read_files(_project.project_files(app))
     wanted = dict(files)
@@ -179,14 +182,16 @@ def forward_files(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, byt
             raise OperatorError(f"app {app['name']}: compose_src {params['compose_src']} does not exist on this host")
         with open(params["compose_src"], "rb") as handle:
             wanted[first] = handle.read()
-    if params["unpin"]:
-        for path in app["compose_files"]:
-            rel = os.path.relpath(path, app["project_dir"])
-            wanted[rel] = _project.unpin(wanted[rel].decode()).encode()
     if params["env"]:
         env_rel = os.path.relpath(app["env_file"], app["project_dir"])
         text = files.get(env_rel, b"").decode()
         wanted[env_rel] = _project.set_env(text, {k: str(v) for k, v in params["env"].items()}).encode()
+    if wanted == files:
+        return files  # already there: a pinned file stays pinned
+    if params["unpin"]:
+        for path in app["compose_files"]:
+            rel = os.path.relpath(path, app["project_dir"])
+            wanted[rel] = _project.unpin(wanted[rel].decode()).encode()
     return wanted
 
 
