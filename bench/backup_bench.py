@@ -60,7 +60,7 @@ def main() -> int:
             handle.write("services:\n  app:\n    image: scratch\n    volumes: ['./data:/data']\n")
         began = time.perf_counter()
         total = make_dataset(data, args.random_mb, args.text_mb, args.small_files)
-        files = sum(len(names) for _, _, names in os.walk(data))
+        files = sum(len(names) for _root, _dirs, names in os.walk(data))
         print(f"data: {total / 1e6:.0f} MB in {files} files (made in {time.perf_counter() - began:.1f} s)")
         sh(f"cat $(find {data} -type f) > /dev/null")  # same page-cache state for everyone
 

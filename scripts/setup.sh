@@ -32,4 +32,5 @@ mkdir -p "$VENV/collections/ansible_collections/selfhost"
 ln -sfn "$ROOT" "$VENV/collections/ansible_collections/selfhost/rollback"
 
 bash scripts/build-images.sh
+bash scripts/build-host-image.sh
 say "ready: venv $VENV, collection selfhost.rollback -> $ROOT"

@@ -60,9 +60,10 @@ PY
 }
 
 run_molecule() {
-  say "molecule (default scenario: converge, idempotence, verify)"
+  say "molecule (default and fleet scenarios: converge, idempotence, verify)"
   drop_stale_copy
-  MOLECULE_PYTHON="$VENV/bin/python" molecule test -s default
+  MOLECULE_PYTHON="$VENV/bin/python" molecule test -s default \
+    && MOLECULE_PYTHON="$VENV/bin/python" molecule test -s fleet
 }
 
 stages=(unit integration lint sanity molecule)

@@ -277,7 +277,7 @@ class TreeWriter:
                 info: tarfile.TarInfo, hasher: t.Any) -> None:
         sparse_map = ("%d\n" % len(segments) + "".join("%d\n%d\n" % seg for seg in segments)).encode()
         sparse_map += bytes(-len(sparse_map) % BLOCK)
-        data_size = sum(length for _, length in segments)
+        data_size = sum(length for _offset, length in segments)
         info.name = SPARSE_PLACEHOLDER
         info.type = tarfile.REGTYPE
         info.size = len(sparse_map) + data_size

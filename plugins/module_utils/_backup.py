@@ -199,8 +199,8 @@ def resolve_sources(app: dict[str, t.Any], client: t.Any, config: dict[str, t.An
         if key not in volumes:
             raise OperatorError(f"app {name}: volume {key!r} is not a named volume of the compose project "
                                 f"(volumes: {', '.join(sorted(volumes)) or 'none'}); fix app.volumes")
-        users = [c for c in containers if any(m.get("Type") == "volume" and m.get("Name") == volumes[key]
-                                             for m in c.attrs.get("Mounts") or [])]
+        users = [c for c in containers
+                 if any(m.get("Type") == "volume" and m.get("Name") == volumes[key] for m in c.attrs.get("Mounts") or [])]
         mode = consistency.get(key)
         if mode is None and any(container_service(c) in db_services for c in users):
             skipped.append({"kind": "volume", "name": key,
@@ -641,7 +641,7 @@ def _test_restore_database(directory: str, item: dict[str, t.Any], restic: Resti
 def record_verification(ledger: Ledger, set_id: str, kind: str, checks: list[dict[str, t.Any]],
                         started_at: str, duration: float) -> dict[str, t.Any]:
     failures = [f for check in checks for f in check["failures"]]
-    run = {"at": started_at, "kind": kind, "passed": not failures and bool(checks or True), "checks": checks,
+    run = {"at": started_at, "kind": kind, "passed": not failures, "checks": checks,
            "duration_s": round(duration, 3), "failures": failures}
     runs = ledger.read(f"backups/{set_id}/{VERIFICATION}", default=[]) or []
     runs.append(run)
@@ -746,8 +746,9 @@ def tree_fingerprint(path: str) -> str:
             full = os.path.join(directory, name)
             with contextlib.suppress(OSError):
                 st = os.lstat(full)
-                digest.update(("%s\0%o\0%d\0%d\0%d\0%d\n" % (os.path.relpath(full, path), st.st_mode, st.st_uid, st.st_gid,
-                                                            st.st_size, st.st_mtime_ns)).encode(errors="surrogateescape"))
+                fields = (os.path.relpath(full, path), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+                line = "%s\0%o\0%d\0%d\0%d\0%d\n" % fields
+                digest.update(line.encode(errors="surrogateescape"))
     return "sha256:" + digest.hexdigest()
 
 

@@ -220,7 +220,7 @@ def parse_counts(text: str) -> dict[str, int]:
     tables = {}
     for line in text.splitlines():
         if "\t" in line:
-            name, _, count = line.rpartition("\t")
+            name, _tab, count = line.rpartition("\t")
             tables[name] = int(count)
     return tables
 
@@ -365,4 +365,3 @@ def sqlite_counts_on_host(path: str) -> tuple[dict[str, int], str]:
     finally:
         connection.close()
     return tables, integrity
-

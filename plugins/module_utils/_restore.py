@@ -11,17 +11,15 @@ drop and recreate, load the dump → start what ran before → wait for health.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 import time
 import typing as t
-import urllib.error
-import urllib.request
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic
 from ansible_collections.selfhost.rollback.plugins.module_utils._storage import ArchiveSource
@@ -157,10 +155,8 @@ def restore_tree(dest: str, item: dict[str, t.Any], set_directory: str, restic: 
 def wait_health(url: str, timeout: float, per_request: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(url, timeout=per_request) as response:
-                if 200 <= response.status < 300:
-                    return True
+        if probe_once(url, per_request)["ok"]:
+            return True
         time.sleep(0.5)
     return False
 

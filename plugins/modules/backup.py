@@ -27,12 +27,13 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Resolves every source and reports what would be captured and which containers would be paused or stopped.
+    description: Resolves every source and reports what would be captured and which containers would be paused or stopped.
   diff_mode:
     support: none
+    description: No diff is returned.
   idempotent:
     support: none
-    details: Every run that is not in check mode creates a new backup set.
+    description: Every run that is not in check mode creates a new backup set.
 options:
   backend:
     description:
@@ -99,7 +100,7 @@ requirements:
   - the docker CLI with the Compose v2 plugin
   - zstd or gzip; restic for O(backend=restic)
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 """
 
 EXAMPLES = r"""

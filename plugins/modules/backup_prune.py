@@ -20,10 +20,13 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    description: Runs the same checks and reports what would change, changing nothing.
   diff_mode:
     support: none
+    description: No diff is returned.
   idempotent:
     support: full
+    description: Running it again with the same input changes nothing.
 options:
   keep_last:
     description: Number of newest complete sets to keep.
@@ -54,7 +57,7 @@ options:
     type: float
     default: 60
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 """
 
 EXAMPLES = r"""

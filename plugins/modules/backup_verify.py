@@ -22,12 +22,13 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: The checks run but their results are not recorded.
+    description: The checks run but their results are not recorded.
   diff_mode:
     support: none
+    description: No diff is returned.
   idempotent:
     support: none
-    details: Every run outside check mode records one more verification run.
+    description: Every run outside check mode records one more verification run.
 options:
   set_id:
     description: The set to verify. Defaults to the newest complete set.
@@ -72,7 +73,7 @@ requirements:
   - Docker SDK for Python
   - zstd or gzip (whichever compressed the set); restic for restic sets
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 """
 
 EXAMPLES = r"""

@@ -213,7 +213,7 @@ def pin_app(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
     for plan in plans:
         changed = plan["after"] != plan["before"]
         files.append({"path": plan["file"], "changed": changed, "images": plan["images"],
-                      "skipped_services": [s for s in plan["without_image"]]})
+                      "skipped_services": list(plan["without_image"])})
         for edit in plan["edits"]:
             pins.append({"path": plan["file"], "line": edit.line, "services": edit.services, "before": edit.before, "after": edit.after})
         for warning in plan["warnings"]:

@@ -24,13 +24,14 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Verifies the set and reports what would be stopped, restored and started.
+    description: Verifies the set and reports what would be stopped, restored and started.
   diff_mode:
     support: none
+    description: No diff is returned.
   idempotent:
     support: partial
-    details:
-      - A second run with the same set reports RV(changed=false) when the target still looks exactly as the
+    description:
+      - A second run with the same set reports C(changed=false) when the target still looks exactly as the
         first run left it (file metadata of every restored tree, table write counters of each database, the
         running services). Anything written since makes it restore again. MySQL targets always restore.
 options:
@@ -95,7 +96,7 @@ requirements:
   - Docker SDK for Python
   - the docker CLI with the Compose v2 plugin
 author:
-  - selfhost.rollback contributors
+  - selfhost.rollback maintainers (@selfhost-rollback)
 """
 
 EXAMPLES = r"""
@@ -238,8 +239,8 @@ def main() -> None:
             if not params["force"] and _restore.already_restored(ledger, target, client, entry, plan):
                 result["actions"] = [f"{target['project_name']} still holds set {entry['set_id']} as restored; nothing to do"]
                 module.exit_json(**scrub(result, secrets))
-            result["verification"] = {k: v for k, v in gate(ledger, entry, params["verify"], client, restic,
-                                                             record=not module.check_mode).items() if k != "checks"}
+            verification = gate(ledger, entry, params["verify"], client, restic, record=not module.check_mode)
+            result["verification"] = {k: v for k, v in verification.items() if k != "checks"}
             if module.check_mode:
                 result["changed"] = True
                 result["actions"] = ([f"stop {', '.join(plan['running'])}"] if plan["running"] else []) + \

@@ -37,7 +37,7 @@ options:
     description: Switch back to this recorded release (its id).
     type: str
   env:
-    description: Keys to set in the env file for an upgrade, for example V({NOTES_VERSION: "1.1"}).
+    description: "Keys to set in the env file for an upgrade, for example V({NOTES_VERSION: '1.1'})."
     type: dict
   compose_src:
     description: A compose file on the managed host that replaces the app's first compose file for an upgrade.
@@ -110,7 +110,6 @@ seconds:
   type: float
 """
 
-import difflib
 import os
 import time
 import typing as t

@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import COLLECTIONS_PATH, REGISTRY
 
@@ -113,7 +112,7 @@ def test_sqlite_under_a_continuous_writer(tmp_path, module_playbook, docker_clie
         assert total == 1000 and transfers == counter == counted["transfers"]
         assert docker_client.containers.get(f"{name}-writer-1").status == "exited"
     finally:
-        subprocess.run(compose + ["down", "-v", "--timeout", "2"], capture_output=True)
+        subprocess.run(compose + ["down", "-v", "--timeout", "2"], capture_output=True, check=False)
 
 
 PG_SETUP = """
@@ -132,7 +131,7 @@ def pg_load(container: str, stop: threading.Event, done: list) -> None:
     count = 0
     while not stop.is_set():
         batch = []
-        for _ in range(20):
+        for _attempt in range(20):
             src, dst = rng.sample(range(10), 2)
             amount = rng.randint(1, 5)
             batch.append(f"BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {src}; "
@@ -221,7 +220,7 @@ def test_postgres_under_write_load_odd_files_and_restic(demo_app, module_playboo
         assert demo.wait_healthy()
     finally:
         subprocess.run(["docker", "compose", "-p", drill, "--project-directory", str(drill_dir), "down", "-v", "-t", "2"],
-                       capture_output=True)
+                       capture_output=True, check=False)
 
     # restic backend: same data, restic's own dedup and encryption; password never on argv
     repo = tmp_path / "restic-repo"

@@ -4,11 +4,7 @@ restore after disaster (Velero-style), refuse a corrupted set, and bad input."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
-import pytest
 
 from conftest import http
 

@@ -121,7 +121,7 @@ def untagged_image(docker_client, registry):
     subprocess.run(["docker", "push", "-q", f"{repo}:latest"], check=True, capture_output=True, timeout=120)
     digest = docker_client.images.get(f"{repo}:latest").attrs["RepoDigests"]
     try:
-        yield repo, next(d.split("@")[1] for d in digest if d.startswith(repo))
+        yield repo, [d.split("@")[1] for d in digest if d.startswith(repo)][0]
     finally:
         name = repo.split("/", 1)[1]
         for entry in digest:

@@ -47,10 +47,10 @@ def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
     demo.add_note("garbage from the faulty upgrade")
     demo.compose("down", "-v", "--timeout", "5")
 
-    listing = subprocess.run(f"ls -l {demo.store}/{demo.name}/backups/{set_id}", shell=True, capture_output=True, text=True).stdout
+    listing = subprocess.run(f"ls -l {demo.store}/{demo.name}/backups/{set_id}", shell=True, capture_output=True, text=True, check=False).stdout
     status = subprocess.run(["jq", "-r", '.[-1] | "\\(.at) \\(.kind) passed=\\(.passed) in \\(.duration_s)s"',
                              f"{demo.store}/{demo.name}/backups/{set_id}/verification.json"],
-                            capture_output=True, text=True).stdout if _has_jq() else ""
+                            capture_output=True, text=True, check=False).stdout if _has_jq() else ""
 
     verify = run_playbook(playbook(tmp_path, "verify.yml", [
         {"name": "Verify the set", "selfhost.rollback.backup_verify": {**common, "set_id": set_id}, "register": "v"},
@@ -73,7 +73,7 @@ def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
 
 
 def _has_jq() -> bool:
-    return subprocess.run(["sh", "-c", "command -v jq"], capture_output=True).returncode == 0
+    return subprocess.run(["sh", "-c", "command -v jq"], capture_output=True, check=False).returncode == 0
 
 
 def clean(demo, text: str) -> str:
@@ -91,7 +91,8 @@ def tasks_only(stdout: str) -> str:
 
 
 def render(demo, set_id, backup, verify, restore, listing, status, health, notes) -> str:
-    c = lambda s: clean(demo, s)  # noqa: E731
+    def c(text):
+        return clean(demo, text)
     return f"""# Restore runbook
 
 *Generated from a real run on the test bed by `tests/integration/test_restore_runbook.py`
@@ -194,7 +195,7 @@ The note written after the backup ("garbage from the faulty upgrade") is gone, a
 |---|---|---|
 | `restore refused: backup set ... fails verification` | the set is damaged; nothing was changed | pick an older set (step 1) |
 | `app notes is busy` | another run holds the app's lock | wait for it; check `cat /var/lib/selfhost-rollback/notes/lock` for who |
-| `did not become healthy` | data is back but the app does not start on it | `docker compose logs app`; if the schema is newer than the code, roll the release back too |
+| `did not become healthy` | data is back but the app does not start on it | `docker compose logs app`; if the schema is newer, roll back the release too |
 | `the target project has no volume ...` | the compose file changed since the backup | restore with the compose files of the release the set was taken under |
 | a second run says `changed: false` | the app still holds exactly what the last restore put there | nothing; add `force: true` to restore anyway |
 

@@ -92,7 +92,7 @@ def test_gate_verdicts_across_the_demo_versions(demo_app, module_playbook, docke
     assert result["data_loss"]["tables"]["public.documents"] == {"in_set": None, "now": 2}
     assert result["data_loss"]["tables"]["public.notes"] == {"in_set": 1, "now": None}
     assert "no longer exists under that name" in result["data_loss"]["summary"]
-    assert any(r.startswith(f"schema: the live schema 3 is newer than the target's 2 and step 3 is not additive") and s11 in r
+    assert any(r.startswith("schema: the live schema 3 is newer than the target's 2 and step 3 is not additive") and s11 in r
                for r in result["reasons"])
     checked = {c["check"]: c for c in result["checks"]}
     assert checked["images"]["level"] == "ok" and checked["space"]["level"] == "ok"
