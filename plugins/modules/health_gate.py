@@ -168,18 +168,20 @@ def container_states(client: t.Any, app: dict[str, t.Any], services: list[str]) 
 
 
 def wait_until_healthy(client: t.Any, app: dict[str, t.Any], services: list[str], url: str,
-                       timeout: float, wait: float) -> tuple[float | None, dict[str, dict[str, t.Any]]]:
+                       timeout: float, wait: float) -> tuple[float | None, float, dict[str, dict[str, t.Any]]]:
+    """Seconds until healthy (None if not), seconds waited, container states."""
     started = time.monotonic()
     while True:
         states = container_states(client, app, services)
+        waited = round(time.monotonic() - started, 3)
         settled = all(s["state"] == "running" and s["health"] in (None, "healthy") for s in states.values())
         if settled and probe_once(url, timeout)["ok"]:
-            return round(time.monotonic() - started, 3), states
-        if time.monotonic() - started >= wait:
-            return None, states
+            return waited, waited, states
+        if waited >= wait:
+            return None, waited, states
         if any(s["state"] in ("exited", "dead") or s["health"] == "unhealthy" for s in states.values()) \
-                and time.monotonic() - started > min(wait, 10):
-            return None, states  # it is not coming up; do not burn the whole wait
+                and waited > min(wait, 10):
+            return None, waited, states  # it is not coming up; do not burn the whole wait
         time.sleep(0.25)
 
 
@@ -215,7 +217,7 @@ def main() -> None:
             raise OperatorError(f"app {name}: baseline name {baseline_name!r} is not usable as a file name")
         services = sorted(Compose(app).config().get("services", {}))
         client = docker_client()
-        time_to_healthy, states = wait_until_healthy(client, app, services, health["url"], health["timeout"], params["wait"])
+        time_to_healthy, waited, states = wait_until_healthy(client, app, services, health["url"], health["timeout"], params["wait"])
         for _index in range(max(params["warmup"], 0) if time_to_healthy is not None else 0):
             probe_once(health["url"], health["timeout"])
         samples = []
@@ -232,7 +234,7 @@ def main() -> None:
                                 params["max_p99_ratio"], params["p99_floor_ms"], params["max_p99_ms"])
         if time_to_healthy is None:
             passed = False
-            reasons.insert(0, f"the app did not become healthy within {params['wait']:g} s")
+            reasons.insert(0, f"the app did not become healthy (gave up after {waited:.0f} s of at most {params['wait']:g} s)")
         if params["mode"] == "check" and judged_against is None:
             module.warn(f"app {name}: no baseline {baseline_name!r} in the ledger; judged by absolute limits only")
         changed = False
