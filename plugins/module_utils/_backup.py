@@ -257,13 +257,32 @@ def _running_service_container(app: dict[str, t.Any], running: list[t.Any], serv
 # --------------------------------------------------------------------------- quiescing
 
 
-class Quiesce:
-    """Pause or stop running containers and put every one of them back as it was, whatever happens."""
+QUIESCED = "quiesced.json"
 
-    def __init__(self) -> None:
+
+class Quiesce:
+    """Pause or stop running containers and put every one of them back as it was, whatever happens.
+
+    Each container is written to ``quiesced.json`` in the ledger before it is paused or stopped,
+    and the record is removed once all are back: a run killed in between (kill -9, OOM) cannot
+    put them back itself, so the next run does (``resume_interrupted``).
+    """
+
+    def __init__(self, ledger: Ledger | None = None) -> None:
+        self.ledger = ledger
         self.paused: list[t.Any] = []
         self.stopped: list[t.Any] = []
         self.actions: list[str] = []
+
+    def _remember(self) -> None:
+        if self.ledger is None:
+            return
+        record = [{"id": c.id, "name": c.name, "mode": "pause"} for c in self.paused] + \
+                 [{"id": c.id, "name": c.name, "mode": "stop"} for c in self.stopped]
+        if record:
+            self.ledger.write(QUIESCED, record)
+        elif self.ledger.exists(QUIESCED):
+            os.unlink(self.ledger.path(QUIESCED))
 
     def apply(self, sources: list[Source], databases: bool) -> None:
         wanted: dict[str, tuple[t.Any, str]] = {}
@@ -283,12 +302,13 @@ class Quiesce:
             container.reload()
             if container.status != "running":
                 continue
+            # recorded before acting, so a run killed right after still knows to put it back
+            (self.stopped if mode == "stop" else self.paused).append(container)
+            self._remember()
             if mode == "stop":
                 container.stop(timeout=30)
-                self.stopped.append(container)
             else:
                 container.pause()
-                self.paused.append(container)
             self.actions.append(f"{mode} {container_service(container)}")
 
     def release(self) -> list[str]:
@@ -308,7 +328,29 @@ class Quiesce:
             except Exception as exc:
                 problems.append(f"could not start {container.name}: {exc}")
         self.paused, self.stopped = [], []
+        if not problems:
+            self._remember()
         return problems
+
+
+def resume_interrupted(ledger: Ledger, client: t.Any) -> list[str]:
+    """Put back the containers an interrupted backup paused or stopped (see ``Quiesce``)."""
+    record = ledger.read(QUIESCED, default=[]) or []
+    actions = []
+    for entry in record:
+        try:
+            container = client.containers.get(entry["id"])
+        except Exception:  # removed since: nothing to put back
+            continue
+        if entry.get("mode") == "stop" and container.status in ("exited", "created"):
+            container.start()
+            actions.append(f"started {entry.get('name')} (stopped by an interrupted backup)")
+        elif container.status == "paused":
+            container.unpause()
+            actions.append(f"unpaused {entry.get('name')} (paused by an interrupted backup)")
+    if ledger.exists(QUIESCED):
+        os.unlink(ledger.path(QUIESCED))
+    return actions
 
 
 # --------------------------------------------------------------------------- backup
@@ -385,14 +427,20 @@ def check_space(ledger: Ledger, sources: list[Source], label: str) -> dict[str, 
 
 
 def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: BackupOptions,
-               plan: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-    """Capture one set. The caller holds the app lock. Returns the manifest and what was done."""
+               plan: dict[str, t.Any] | None = None, resumed: list[str] | None = None) -> dict[str, t.Any]:
+    """Capture one set. The caller holds the app lock. Returns the manifest and what was done.
+
+    A caller that passes ``plan`` made it after ``resume_interrupted`` (and passes its actions as
+    ``resumed``); without a plan, containers an interrupted run left quiesced are put back first.
+    """
     label = f"app {app['name']}"
     started = time.monotonic()
     created = utcnow()
-    plan = plan or plan_backup(app, client, options)
+    actions: list[str] = list(resumed or [])
+    if plan is None:
+        actions.extend(resume_interrupted(ledger, client))
+        plan = plan_backup(app, client, options)
     sources: list[Source] = plan["sources"]
-    actions: list[str] = []
     for stale in partial_sets(ledger):
         shutil.rmtree(ledger.path("backups", stale), ignore_errors=True)
         actions.append(f"removed partial set {stale}")
@@ -406,7 +454,7 @@ def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: Ba
         if restic is None:
             raise OperatorError(f"{label}: the restic backend needs restic.repository and a password")
         restic.ensure_repository()
-    quiesce = Quiesce()
+    quiesce = Quiesce(ledger)
     items: list[dict[str, t.Any]] = []
     snapshots: list[str] = []
     warnings: list[str] = []

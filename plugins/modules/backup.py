@@ -18,6 +18,8 @@ description:
     taken in the same pass.
   - Per source, O(consistency) says how writers are kept still while its files are read. Containers
     that were running before are running after, also when the backup fails; stopped ones stay stopped.
+    A run killed before it could put them back (kill -9) leaves C(quiesced.json) in the ledger, and the
+    next run unpauses or starts those containers first.
   - The set is complete only when C(manifest.json) is written, last and atomically. Partial sets left
     by an interrupted run are removed by the next run.
   - Volumes mounted by a database service are captured by that database's dump, not as files, unless
@@ -225,14 +227,17 @@ def main() -> None:
                                         space_check=params["space_check"], restic=restic, tags=params["tags"])
         client = docker_client()
         ledger = Ledger(params["store"], app["name"])
-        plan = _backup.plan_backup(app, client, options)
-        result["items"] = [s.describe() for s in plan["sources"]]
-        result["left_out"] = plan["skipped"]
         if module.check_mode:
-            result["changed"] = True
+            plan = _backup.plan_backup(app, client, options)
+            result.update(changed=True, items=[s.describe() for s in plan["sources"]], left_out=plan["skipped"])
             module.exit_json(**scrub(result, secrets))
         with ledger.lock(params["lock_timeout"], "backup"):
-            outcome = _backup.run_backup(app, client, ledger, options, plan)
+            # containers a killed run left paused or stopped come back before the plan reads them
+            resumed = _backup.resume_interrupted(ledger, client)
+            plan = _backup.plan_backup(app, client, options)
+            result["items"] = [s.describe() for s in plan["sources"]]
+            result["left_out"] = plan["skipped"]
+            outcome = _backup.run_backup(app, client, ledger, options, plan, resumed)
         manifest = outcome["manifest"]
         result.update(
             changed=True,
