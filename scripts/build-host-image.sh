@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HOST_IMAGE="${SELFHOST_HOST_IMAGE:-selfhost/host:bookworm}"
-HOST_PACKAGES="docker.io,openssh-server,python3,python3-docker,zstd,tar,iproute2,iptables,ca-certificates,procps"
+HOST_PACKAGES="docker.io,openssh-server,python3,python3-docker,python3-ruamel.yaml,zstd,tar,iproute2,iptables,ca-certificates,procps"
 COMPOSE_PLUGIN="${SELFHOST_COMPOSE_PLUGIN:-/usr/libexec/docker/cli-plugins/docker-compose}"
 
 say() { printf '\033[1m[host-image]\033[0m %s\n' "$*"; }
