@@ -117,6 +117,7 @@ def restore_points(hosts: list[dict[str, t.Any]], now: datetime.datetime, stale_
     counts = {m: sum(1 for h in out_hosts for a in h["apps"] for p in a["restore_points"] if p["mark"] == m) for m in RANK}
     return {"format": 1, "generated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "stale_days": stale_days,
             "keep_releases": keep_releases, "hosts": out_hosts, "counts": counts,
+            "missing": sum(1 for h in out_hosts if h["collected_at"] is None and not h["apps"] and h["mark"] == "red"),
             "mark": worst(h["mark"] for h in out_hosts) if out_hosts else "amber"}
 
 
@@ -240,11 +241,12 @@ def render_html(model: dict[str, t.Any], title: str = "Restore points") -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{_e(title)} {_mark(model['mark'], WORDS.get(model['mark']))}</h1>",
+           f"<h1>{_e(title)} {_mark(model['mark'])}</h1>",
            f'<div class="sub">generated {_e(model["generated_at"])} · drills older than {_e(model["stale_days"])} days are stale · '
            f'the image archive keeps {_e(model["keep_releases"])} releases</div>',
            '<div class="totals" id="totals">'
            + "".join(f'<span><span class="dot {m}"></span>{_e(m)}: <b id="count-{m}">{counts[m]}</b></span>' for m in ("green", "amber", "red"))
+           + (f'<span>hosts without a ledger: <b id="count-missing">{model["missing"]}</b></span>' if model["missing"] else "")
            + "</div>"]
     for host in model["hosts"]:
         out.append(f'<h2 id="host-{_e(host["host"])}">{_e(host["host"])} {_mark(host["mark"])}</h2>')
