@@ -60,12 +60,12 @@ def tree(root: Path) -> dict[str, tuple]:
 
 
 def project_state(demo, docker_client) -> dict[str, Any]:
-    """What a run could change: containers (id and state), images, project files, ledger."""
+    """What a run could change: containers (id, state, image), project files, ledger."""
     containers = {c.name: (c.id, c.status, c.image.id) for c in docker_client.containers.list(
         all=True, filters={"label": f"com.docker.compose.project={demo.name}"})}
+    # images: those the app's containers run (other tests share the engine's image list)
     return {
         "containers": containers,
-        "images": sorted(i.id for i in docker_client.images.list()),
         "project": tree(demo.project_dir),
         "ledger": tree(demo.store),
     }

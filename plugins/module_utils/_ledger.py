@@ -143,11 +143,13 @@ class Ledger:
         self.ensure()
         path = self.path("lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        held = False
         try:
             deadline = time.monotonic() + timeout
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
@@ -162,8 +164,9 @@ class Ledger:
                                       "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(), 0)
             yield
         finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+            if held:  # a run that never got the lock must not wipe the owner's details
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
             os.close(fd)
 
 
