@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Backup benchmark: our backup and deep verification against tar|zstd, a first restic
-# backup and sha256sum, on the same ~570 MB of generated data, median of 3 (make bench).
+# Benchmarks (make bench): our backup and deep verification against tar|zstd, a first
+# restic backup and sha256sum on the same generated data; then the rollback playbook
+# (image-only) against a bare docker compose up plus waiting for health. Medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SELFHOST_VENV:-$PWD/.venv}"
 for tool in zstd restic tar sha256sum; do
   command -v "$tool" >/dev/null || { echo "[bench] ERROR: $tool is not installed (make setup installs it)" >&2; exit 1; }
 done
-exec "$VENV/bin/python" bench/backup_bench.py "$@"
+echo "== backup: against tar | zstd, restic and sha256sum =="
+"$VENV/bin/python" bench/backup_bench.py "$@"
+echo
+echo "== rollback: the rollback playbook against a bare docker compose up =="
+"$VENV/bin/python" bench/rollback_bench.py
