@@ -89,7 +89,7 @@ def published_ports(service: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     out = []
     for port in service.get("ports") or []:
         if isinstance(port, dict) and port.get("published") not in (None, ""):
-            out.append({"published": int(str(port["published"]).split("-")[0]), "target": int(port["target"]),
+            out.append({"published": int(str(port["published"]).split("-", maxsplit=1)[0]), "target": int(port["target"]),
                         "host_ip": port.get("host_ip") or "", "protocol": port.get("protocol") or "tcp"})
     return out
 
@@ -277,8 +277,8 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def labelled(client: t.Any, app_name: str, tag: str) -> dict[str, list[t.Any]]:
-    filters = {"label": [f"{LABEL_APP}={app_name}", f"{LABEL_LEDGER}={tag}"]}
+def labelled(client: t.Any, app_name: str, tag: str, drill_id: str | None = None) -> dict[str, list[t.Any]]:
+    filters = {"label": [f"{LABEL_APP}={app_name}", f"{LABEL_LEDGER}={tag}"] + ([f"{LABEL}={drill_id}"] if drill_id else [])}
     return {"containers": client.containers.list(all=True, filters=filters),
             "volumes": client.volumes.list(filters=filters),
             "networks": client.networks.list(filters=filters)}
@@ -463,9 +463,8 @@ class Drill:
         unknown_env = sorted(set(self.options.get("env") or {}) - set(config.get("services") or {}))
         if unknown_env:
             problems.append(f"env names services the release does not have: {', '.join(unknown_env)}")
-        self.check("isolation", "isolation", problems,
-                   detail=f"project {self.project}; " + (", ".join(f"{s} on 127.0.0.1:{p}" for s, m in sorted(self.publish.items())
-                                                                     for p in m.values()) or "no port published"))
+        published = ", ".join(f"{s} on 127.0.0.1:{p}" for s, m in sorted(self.publish.items()) for p in m.values())
+        self.check("isolation", "isolation", problems, detail=f"project {self.project}; {published or 'no port published'}")
         if problems:
             raise DrillFailed(problems[0])
         rows = plan_load(self.client, self.ledger, release, allow_pull=True)
@@ -588,7 +587,9 @@ class Drill:
             if proc.returncode != 0:
                 problems.append(f"docker compose down failed ({proc.stderr.strip()[-200:]}); removed by label instead")
         sweep(self.client, self.app, self.ledger)
-        left = labelled(self.client, self.app["name"], self.tag)
+        # only this drill's own resources count: a killed drill's orphaned 'docker compose' may still be
+        # creating things of its project; the next drill sweeps those
+        left = labelled(self.client, self.app["name"], self.tag, self.drill_id)
         problems += [f"{kind[:-1]} {r.name} is still there" for kind, rows in left.items() for r in rows]
         if os.path.exists(self.workdir):
             problems.append(f"{self.workdir} is still there")

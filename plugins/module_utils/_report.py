@@ -205,7 +205,7 @@ def timeline_svg(events: list[dict[str, t.Any]], now: datetime.datetime, width: 
     if not moments:
         return '<p class="small">no events yet</p>'
     start = min(moments)
-    end = max(max(moments), now)
+    end = max(*moments, now)
     span = max((end - start).total_seconds(), 1.0)
     left, right, height = 20, width - 20, 70
 

@@ -57,8 +57,8 @@ options:
     default: deep
   env:
     description:
-      - Environment overrides per service in the copy, to mute outbound effects (mail, webhooks, payments),
-        for example V({app: {SMTP_HOST: "", WEBHOOKS_ENABLED: "false"}}).
+      - "Environment overrides per service in the copy, to mute outbound effects (mail, webhooks, payments),
+        for example V({app: {SMTP_HOST: '', WEBHOOKS_ENABLED: 'false'}})."
       - Only the keys are recorded, never the values.
     type: dict
     default: {}

@@ -169,7 +169,9 @@ def test_killed_drill_then_corrupted_set(demo_app, run_playbook, docker_client, 
         time.sleep(0.1)
     assert docker_client.containers.list(filters=filters), "the drill never started its copy"
     os.killpg(proc.pid, signal.SIGKILL)
-    kill_module_processes(tmp_path / "remote-tmp")  # the module runs in its own session: kill it like a crash would
+    # the module runs in its own session, and its 'docker compose' children too: kill them all, as a crash would
+    kill_module_processes(tmp_path / "remote-tmp")
+    kill_module_processes(demo_app.store / demo_app.name / "drills")
     proc.wait(30)
     leftovers = drill_resources(docker_client, demo_app)
     assert leftovers, "a killed drill should have left its copy behind for this test to mean anything"
