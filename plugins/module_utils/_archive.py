@@ -410,6 +410,27 @@ def verify_stream(stream: t.Any, files: dict[str, dict[str, t.Any]], limit: int 
     return problems
 
 
+def check_stream(stream: t.Any) -> int:
+    """Apply the extraction rules to every member of a tar stream without writing anything."""
+    symlinks: set[str] = set()
+    regular: set[str] = set()
+    count = 0
+    try:
+        with _open_stream(stream) as archive:
+            for member in archive:
+                name = check_member(member, symlinks, regular)
+                if member.issym():
+                    symlinks.add(name)
+                elif member.isreg():
+                    regular.add(name)
+                count += 1
+    except UnsafeMember:
+        raise
+    except (tarfile.TarError, EOFError) as exc:
+        raise ArchiveError(f"the archive cannot be read: {exc}") from exc
+    return count
+
+
 def extract_stream(stream: t.Any, dest: str) -> int:
     """Extract a tar stream into ``dest`` (which should be empty) under the safety rules.
 

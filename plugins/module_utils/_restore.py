@@ -118,6 +118,21 @@ def _service_container(client: t.Any, target: dict[str, t.Any], service: str, ru
     return None
 
 
+def precheck(item: dict[str, t.Any], set_directory: str, restic: Restic | None) -> None:
+    source = ArchiveSource(set_directory, item, restic)
+    try:
+        _archive.check_stream(source.stream)
+    except _archive.ArchiveError as exc:
+        source.abort()
+        raise OperatorError(f"item {item['name']}: {exc}; restore refused, nothing was changed") from exc
+    except BaseException:
+        source.abort()
+        raise
+    problems = source.finish()
+    if problems:
+        raise OperatorError(f"item {item['name']}: {problems[0]}; restore refused, nothing was changed")
+
+
 def restore_tree(dest: str, item: dict[str, t.Any], set_directory: str, restic: Restic | None) -> dict[str, t.Any]:
     """Put an item's files at ``dest``: extract beside it, check, then swap (or empty and extract on a mount point)."""
     began = time.monotonic()
@@ -171,6 +186,11 @@ def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, 
     actions: list[str] = []
     timings: dict[str, float] = {}
     running_before = plan["running"]
+    # every file archive must pass the extraction rules and its checksum before the app is
+    # stopped: a hostile or swapped archive is refused while everything still runs untouched
+    for step in plan["steps"]:
+        if step["kind"] in ("volume", "path"):
+            precheck(step["item"], set_directory, restic)
     if running_before:
         compose.run("stop", "--timeout", "30", what="stopping the app before the restore")
         actions.append("stopped " + ", ".join(running_before))
