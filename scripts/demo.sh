@@ -3,7 +3,8 @@
 #   deploy notes 1.0 and write a note; prepare the upgrade (release pinned by digest,
 #   backup proven by a test restore, health baseline); upgrade to the broken 2.1, which
 #   fails its health gate and is reverted automatically, data included; show 1.0 healthy
-#   with the note. --clean removes the demo.
+#   with the note; upgrade to 1.1, which passes; drill a rollback to 1.0 in an isolated
+#   copy beside the running 1.1; write the restore-points report. --clean removes the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SELFHOST_VENV:-$PWD/.venv}"
@@ -44,5 +45,16 @@ print(f"last operation: {op['kind']} -> {op['outcome']}; back on {op['release_af
       f"data restored from {op.get('data_restored')}; {op['figures']['seconds']} s in all, "
       f"healthy {op['figures']['time_to_healthy_s']} s after the switch back")
 PY
+
+step "5. Upgrade to 1.1, which passes its health gate and stays"
+play selfhost.rollback.upgrade -e '{"upgrade_env": {"NOTES_VERSION": "1.1"}}'
+curl -fsS "$URL/healthz"; echo
+
+step "6. Drill: restore 1.0's backup into an isolated copy and boot 1.0 on it, beside the running 1.1"
+play selfhost.rollback.drill
+
+step "7. The restore-points report: what can be put back, and how fast"
+play selfhost.rollback.report -e "report_dest=$DEMO_ROOT/report"
 echo
-echo "The ledger is in $STORE/notes (releases, backups, notes, operations); the app in $DEMO_ROOT/notes."
+echo "The ledger is in $STORE/notes (releases, backups, notes, operations, drills); the app in $DEMO_ROOT/notes."
+echo "Open the report: file://$DEMO_ROOT/report/restore-points.html"

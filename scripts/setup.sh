@@ -33,4 +33,5 @@ ln -sfn "$ROOT" "$VENV/collections/ansible_collections/selfhost/rollback"
 
 bash scripts/build-images.sh
 bash scripts/build-host-image.sh
+bash scripts/setup-browser.sh
 say "ready: venv $VENV, collection selfhost.rollback -> $ROOT"
