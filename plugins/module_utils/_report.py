@@ -21,6 +21,8 @@ import datetime
 import html
 import typing as t
 
+from ansible_collections.selfhost.rollback.plugins.module_utils import _gate
+
 RANK = {"green": 0, "amber": 1, "red": 2}
 WORDS = {"green": "ready", "amber": "attention", "red": "not restorable"}
 
@@ -45,15 +47,8 @@ def age_s(moment: str | None, now: datetime.datetime) -> int | None:
 
 
 def human_age(seconds: int | None) -> str:
-    if seconds is None:
-        return "–"
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} days"
+    """An age for people; a dash where none is known (a table cell)."""
+    return "–" if seconds is None else _gate.human_age(seconds)
 
 
 def image_mark(sources: dict[str, str]) -> tuple[str, str]:

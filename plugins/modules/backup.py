@@ -26,6 +26,7 @@ description:
     O(consistency) names them.
 extends_documentation_fragment:
   - selfhost.rollback.app
+  - selfhost.rollback.restic
 attributes:
   check_mode:
     support: full
@@ -45,24 +46,6 @@ options:
     type: str
     choices: [local, restic]
     default: local
-  restic:
-    description: The restic repository, required with O(backend=restic).
-    type: dict
-    suboptions:
-      repository:
-        description: Repository location, as for C(restic -r).
-        type: str
-        required: true
-      password:
-        description: Repository password; handed to restic through a private temporary file, never on a command line.
-        type: str
-      password_file:
-        description: File holding the repository password.
-        type: path
-      env:
-        description: Extra environment for restic (for example credentials of an S3 backend).
-        type: dict
-        default: {}
   compression:
     description: Compression of local archives. V(auto) uses zstd when installed and gzip otherwise.
     type: str

@@ -17,6 +17,7 @@ description:
   - Sets stored in restic have their snapshots forgotten and pruned (O(restic) is then required).
 extends_documentation_fragment:
   - selfhost.rollback.app
+  - selfhost.rollback.restic
 attributes:
   check_mode:
     support: full
@@ -34,24 +35,6 @@ options:
   keep_within:
     description: Keep every set younger than this, as a number and a unit (V(s), V(m), V(h), V(d), V(w)), for example V(7d).
     type: str
-  restic:
-    description: The restic repository, needed when sets to remove are stored in restic.
-    type: dict
-    suboptions:
-      repository:
-        description: Repository location, as for C(restic -r).
-        type: str
-        required: true
-      password:
-        description: Repository password; handed to restic through a private temporary file.
-        type: str
-      password_file:
-        description: File holding the repository password.
-        type: path
-      env:
-        description: Extra environment for restic.
-        type: dict
-        default: {}
   lock_timeout:
     description: Seconds to wait for another run on the same app to finish.
     type: float

@@ -19,6 +19,7 @@ description:
     timings, failures); the manifest is never changed.
 extends_documentation_fragment:
   - selfhost.rollback.app
+  - selfhost.rollback.restic
 attributes:
   check_mode:
     support: full
@@ -43,24 +44,6 @@ options:
     description: Fail the task when a check fails (the result still carries RV(passed) and RV(failures)).
     type: bool
     default: true
-  restic:
-    description: The restic repository, needed for sets stored with the restic backend.
-    type: dict
-    suboptions:
-      repository:
-        description: Repository location, as for C(restic -r).
-        type: str
-        required: true
-      password:
-        description: Repository password; handed to restic through a private temporary file.
-        type: str
-      password_file:
-        description: File holding the repository password.
-        type: path
-      env:
-        description: Extra environment for restic.
-        type: dict
-        default: {}
   timeout:
     description: Seconds to wait for a throwaway database container to accept connections.
     type: float

@@ -26,6 +26,7 @@ author:
   - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
   - selfhost.rollback.app
+  - selfhost.rollback.restic
 attributes:
   check_mode:
     support: full
@@ -122,24 +123,6 @@ options:
     type: list
     elements: path
     default: []
-  restic:
-    description: The restic repository, needed for sets stored with the restic backend.
-    type: dict
-    suboptions:
-      repository:
-        description: Repository location, as for C(restic -r).
-        type: str
-        required: true
-      password:
-        description: Repository password; handed to restic through a private temporary file.
-        type: str
-      password_file:
-        description: File holding the repository password.
-        type: path
-      env:
-        description: Extra environment for restic.
-        type: dict
-        default: {}
   lock_timeout:
     description: Seconds to wait for another run on the same app to finish.
     type: float

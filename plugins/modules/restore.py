@@ -21,6 +21,7 @@ description:
     refuses absolute paths, C(..), links that point outside the target and device files.
 extends_documentation_fragment:
   - selfhost.rollback.app
+  - selfhost.rollback.restic
 attributes:
   check_mode:
     support: full
@@ -70,24 +71,6 @@ options:
     description: Seconds to wait for O(app.health.url) to answer 2xx after a restore into the live app.
     type: float
     default: 120
-  restic:
-    description: The restic repository, needed for sets stored with the restic backend.
-    type: dict
-    suboptions:
-      repository:
-        description: Repository location, as for C(restic -r).
-        type: str
-        required: true
-      password:
-        description: Repository password; handed to restic through a private temporary file.
-        type: str
-      password_file:
-        description: File holding the repository password.
-        type: path
-      env:
-        description: Extra environment for restic.
-        type: dict
-        default: {}
   lock_timeout:
     description: Seconds to wait for another run on the same app to finish.
     type: float
