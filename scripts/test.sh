@@ -29,7 +29,7 @@ run_unit() {
 
 run_integration() {
   say "integration tests (real Docker Engine, registry, ansible-playbook)"
-  pytest -q -p no:cacheprovider -n "${SELFHOST_TEST_WORKERS:-2}" --dist loadfile tests/integration
+  pytest -q -p no:cacheprovider -n "${SELFHOST_TEST_WORKERS:-2}" --dist loadgroup tests/integration
 }
 
 run_lint() {

@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 # lighter settings than the defaults so that three hosts fit a CI run; the flow is the same
 FAST = {"pre_upgrade_archive_images": False, "pre_upgrade_verify_checks": ["deep"], "pre_upgrade_baseline_probes": 5,
         "upgrade_health_probes": 5, "upgrade_health_wait": 60}
+
+# one fleet per pytest worker: keep every fleet test on the same worker
+pytestmark = pytest.mark.xdist_group("fleet")
 
 
 def table(report_dir: Path, kind: str) -> dict[str, dict]:

@@ -13,6 +13,9 @@ import pytest
 
 import fleet as fleet_lib
 
+# one fleet per pytest worker: keep every fleet test on the same worker
+pytestmark = pytest.mark.xdist_group("fleet")
+
 
 def _write_play(path: Path, tasks: list[dict], hosts: str = "fleet") -> Path:
     path.write_text(json.dumps([{"name": "fleet probe", "hosts": hosts, "gather_facts": False, "tasks": tasks}]))
