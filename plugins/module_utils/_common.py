@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import subprocess
 import traceback
@@ -198,10 +199,18 @@ def parse_env_text(text: str) -> dict[str, str]:
     return values
 
 
+SECRET_MARKERS = ("PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE")
+CREDENTIALS_IN_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^@\s]+@", re.IGNORECASE)
+
+
+def is_secret(key: str, value: str) -> bool:
+    """Whether an env entry holds a secret: by its name, or a URL that carries credentials."""
+    return any(m in key.upper() for m in SECRET_MARKERS) or bool(CREDENTIALS_IN_URL.search(value or ""))
+
+
 def secret_values(app: dict[str, t.Any], extra: t.Iterable[str] = ()) -> list[str]:
     """Values a result or record must never contain: everything in the env file that looks secret."""
-    markers = ("PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE")
-    found = [v for k, v in read_env_file(app["env_file"]).items() if v and any(m in k.upper() for m in markers)]
+    found = [v for k, v in read_env_file(app["env_file"]).items() if v and is_secret(k, v)]
     return [v for v in list(found) + list(extra) if v and len(v) >= 4]
 
 

@@ -4,7 +4,10 @@
 
 A release record holds fingerprints, never values; switching back to a release needs
 the files themselves. They are copied into ``<store>/<app>/projects/<release_id>/``
-(0600 files in 0700 directories, like backup artifacts), never into a JSON record.
+(0600 files in 0700 directories). Secret values never enter the ledger: in the env
+file's copy every secret-looking value is replaced by a placeholder, and a switch back
+takes that value from the live env file (the release's fingerprint says whether it
+changed since).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import os
 import re
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, sha256_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, is_secret, parse_env_text, sha256_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
 
+KEEP_LIVE = "__selfhost_rollback_keeps_the_live_value__"
 PINNED_IMAGE = re.compile(r"^(?P<head>\s*-?\s*image:\s*[\"']?[^\s\"'#]+?)@sha256:[0-9a-f]{64}", re.MULTILINE)
 ENV_LINE = re.compile(r"^(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=")
 
@@ -60,17 +64,55 @@ def saved_files(ledger: Ledger, release_id: str) -> dict[str, bytes] | None:
     return out
 
 
-def save_files(ledger: Ledger, release_id: str, contents: dict[str, bytes]) -> bool:
-    """Save the files for a release once; True when they were written now."""
+def save_files(ledger: Ledger, release_id: str, contents: dict[str, bytes], env_rel: str | None = None) -> bool:
+    """Save the files for a release once (the env file redacted); True when they were written now."""
     if ledger.read(os.path.join("projects", release_id, "index.json")):
         return False
-    index = {"format": 1, "release_id": release_id, "files": {}}
+    index = {"format": 1, "release_id": release_id, "env_file": env_rel, "files": {}}
     for number, (rel, data) in enumerate(sorted(contents.items())):
+        if rel == env_rel:
+            data = redact_env(data.decode(errors="surrogateescape")).encode(errors="surrogateescape")
         stored = f"file-{number}"
         atomic_write_bytes(ledger.path("projects", release_id, stored), data)
         index["files"][rel] = {"stored": stored, "sha256": sha256_bytes(data), "size": len(data)}
     ledger.write(os.path.join("projects", release_id, "index.json"), index)
     return True
+
+
+def redact_env(text: str) -> str:
+    """The env file with every secret-looking value replaced by KEEP_LIVE."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        match = ENV_LINE.match(line.strip())
+        if match:
+            key = match.group("key")
+            value = parse_env_text(line).get(key, "")
+            if is_secret(key, value):
+                out.append(f"{key}={KEEP_LIVE}\n")
+                continue
+        out.append(line)
+    return "".join(out)
+
+
+def merge_env(saved: str, live: str) -> tuple[str, list[str]]:
+    """The saved env file with its placeholders filled from the live one; keys the live file lacks."""
+    live_lines = {}
+    for line in live.splitlines():
+        match = ENV_LINE.match(line.strip())
+        if match:
+            live_lines[match.group("key")] = line.strip()
+    out, missing = [], []
+    for line in saved.splitlines(keepends=True):
+        match = ENV_LINE.match(line.strip())
+        if match and KEEP_LIVE in line:
+            key = match.group("key")
+            if key in live_lines:
+                out.append(live_lines[key] + "\n")
+            else:
+                missing.append(key)
+            continue
+        out.append(line)
+    return "".join(out), missing
 
 
 def unpin(text: str) -> str:

@@ -20,8 +20,9 @@ description:
     exported to the ledger's image archive, and archives no retained release needs are removed;
     see M(selfhost.rollback.image_archive).
   - The release's project files (compose files and env file) are kept in C(<store>/<app>/projects/<release_id>/),
-    0600 in 0700 directories like backup artifacts, so that M(selfhost.rollback.switch) can put them back; JSON
-    records never hold their values.
+    0600 in 0700 directories, so that M(selfhost.rollback.switch) can put them back. In the env file's copy every
+    secret-looking value (by its key, or a URL with credentials) is replaced by a placeholder; a switch back takes
+    it from the live env file. No secret value enters the ledger.
   - Use M(selfhost.rollback.release_info) to list and show releases.
 author:
   - selfhost.rollback maintainers (@selfhost-rollback)
@@ -242,7 +243,8 @@ def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.
             if current_release_id(ledger) != release_id:
                 ledger.write(CURRENT, {"release_id": release_id, "updated_at": iso()})
             # the files a switch back to this release puts in place; same digest, same files
-            _project.save_files(ledger, release_id, _project.read_files(_project.project_files(app)))
+            _project.save_files(ledger, release_id, _project.read_files(_project.project_files(app)),
+                                env_rel=os.path.relpath(app["env_file"], app["project_dir"]))
             if params["archive_images"]:
                 plan = plan_archive(ledger, params["keep_releases"])
                 done = apply_archive(client, docker_cli(), ledger, plan)

@@ -13,7 +13,7 @@ description:
     (O(compose_src)), remove digest pins from image lines so new tags take effect (O(unpin)), and
     bring the project up (C(docker compose up -d --remove-orphans))."
   - "Back (a rollback or a revert): put the project files kept with release O(release) back in
-    place, make its images present (from the engine, their registry, or the ledger's image archive),
+    place (secret values, which the ledger never holds, come from the live env file), make its images present (from the engine, their registry, or the ledger's image archive),
     bring the project up on exactly those images (by image ID, C(--pull never)), and verify that
     every service's container runs the release's image."
   - Health is not judged here; follow with M(selfhost.rollback.health_gate). Data is not restored
@@ -124,6 +124,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     OperatorError,
     docker_cli,
     docker_client,
+    is_secret,
     parse_env_text,
     project_containers,
     require_docker_sdk,
@@ -132,9 +133,6 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import load, plan_load
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError, atomic_write_bytes
-
-SECRET_MARKERS = ("PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE")
-
 
 def running_images(client: t.Any, app: dict[str, t.Any]) -> dict[str, dict[str, t.Any]]:
     out: dict[str, dict[str, t.Any]] = {}
@@ -152,7 +150,7 @@ def env_diff(before: bytes, after: bytes) -> list[str]:
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
             continue
-        masked = any(m in key.upper() for m in SECRET_MARKERS)
+        masked = is_secret(key, old.get(key, "")) or is_secret(key, new.get(key, ""))
         show_old = "********" if masked else old.get(key)
         show_new = "********" if masked else new.get(key)
         if key not in old:
@@ -225,6 +223,15 @@ def switch_back(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, cl
         wanted = {f["path"]: f["content"].encode() for f in record["compose"]["files"] if not os.path.isabs(f["path"])}
         module.warn(f"app {app['name']}: release {release_id} has no saved project files; its compose files come from the "
                     "release record and the env file stays as it is (check the config drift rollback_check reports)")
+    env_rel = os.path.relpath(app["env_file"], app["project_dir"])
+    if env_rel in wanted:
+        live_env = _project.read_files({env_rel: app["env_file"]})[env_rel].decode(errors="surrogateescape") \
+            if os.path.isfile(app["env_file"]) else ""
+        merged, missing_keys = _project.merge_env(wanted[env_rel].decode(errors="surrogateescape"), live_env)
+        if missing_keys:
+            raise OperatorError(f"app {app['name']}: release {release_id} needs {', '.join(missing_keys)} in {app['env_file']}, "
+                                "which the env file lacks now (their values are never kept in the ledger); add them and run again")
+        wanted[env_rel] = merged.encode(errors="surrogateescape")
     changed_files, current = plan_files(app, wanted)
     rows = plan_load(client, ledger, record, allow_pull=True)
     missing = [r for r in rows if r["source"] in ("missing", "unknown")]

@@ -68,3 +68,13 @@ def test_salted_hash_is_stable_per_salt_and_hides_the_value():
 def test_sql_argv_never_carries_a_password():
     argv = sql_argv("postgres", "notes", "notes", "select 1")
     assert argv[:2] == ["psql", "-X"] and "-W" not in argv and not any("password" in a for a in argv)
+
+
+def test_env_copy_keeps_no_secret_and_merges_the_live_values():
+    from ansible_collections.selfhost.rollback.plugins.module_utils._project import KEEP_LIVE, merge_env, redact_env
+    saved = redact_env("# notes\nNOTES_DB_PASSWORD=hunter2-secret\nDSN=postgres://notes:pw@db/notes\nNOTES_VERSION=1.0\n")
+    assert "hunter2-secret" not in saved and "pw@" not in saved and saved.count(KEEP_LIVE) == 2
+    assert "NOTES_VERSION=1.0\n" in saved and saved.startswith("# notes\n")
+    merged, missing = merge_env(saved, "NOTES_VERSION=1.1\nNOTES_DB_PASSWORD='rotated'\nDSN=postgres://notes:pw@db/notes\n")
+    assert merged == "# notes\nNOTES_DB_PASSWORD='rotated'\nDSN=postgres://notes:pw@db/notes\nNOTES_VERSION=1.0\n" and missing == []
+    assert merge_env(saved, "NOTES_VERSION=1.1\n")[1] == ["NOTES_DB_PASSWORD", "DSN"]
