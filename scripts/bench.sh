@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks (make bench): our backup and deep verification against tar|zstd, a first
 # restic backup and sha256sum on the same generated data; then the rollback playbook
-# (image-only) against a bare docker compose up plus waiting for health. Medians.
+# (image-only) against a bare docker compose up plus waiting for health; then the fleet
+# rollback on 3 test hosts against 1 host with the same forks. Medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SELFHOST_VENV:-$PWD/.venv}"
@@ -13,3 +14,6 @@ echo "== backup: against tar | zstd, restic and sha256sum =="
 echo
 echo "== rollback: the rollback playbook against a bare docker compose up =="
 "$VENV/bin/python" bench/rollback_bench.py
+echo
+echo "== fleet: rollback of an upgrade run on 3 hosts against 1 host, same forks =="
+"$VENV/bin/python" bench/fleet_bench.py
