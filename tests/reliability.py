@@ -94,8 +94,8 @@ class Background:
     """``ansible-playbook`` in its own process group, so that SIGKILL reaches the module too."""
 
     def __init__(self, tmp_path: Path, inventory: Path, playbook: str | Path, extra: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        cmd = [PLAYBOOK_BIN, "-i", str(inventory), str(playbook)]
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        cmd = [PLAYBOOK_BIN, "-i", str(inventory), str(playbook), *(args or [])]
         if extra:
             extra_file = tmp_path / f"extra-{time.monotonic_ns()}.json"
             extra_file.write_text(json.dumps(extra))
@@ -157,7 +157,8 @@ class Background:
         return rc
 
     def log(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.output.read_text(errors="replace")
 
 
@@ -202,18 +203,18 @@ def newest_partial(demo) -> Path | None:
 class CmdlineSampler(threading.Thread):
     """Reads every process's command line in a loop while a run goes on."""
 
-    def __init__(self, needles: list[str], interval: float = 0.02) -> None:
+    def __init__(self, needles: list[str], interval: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.needles = [n.encode() for n in needles]
         self.interval = interval
         self.samples = 0
         self.processes: set[int] = set()
         self.hits: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         own = os.getpid()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             for entry in os.listdir("/proc"):
                 if not entry.isdigit() or int(entry) == own:
                     continue
@@ -230,5 +231,5 @@ class CmdlineSampler(threading.Thread):
             time.sleep(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
