@@ -78,7 +78,7 @@ def judge(figures: dict[str, t.Any], baseline: dict[str, t.Any] | None, containe
     p99 = figures.get("p99_ms")
     if p99 is not None and max_p99_ms is not None and p99 > max_p99_ms:
         reasons.append(f"p99 latency {p99:.1f} ms is above the limit of {max_p99_ms:.1f} ms")
-    if p99 is not None and baseline and baseline.get("p99_ms") is not None:
+    if p99 is not None and baseline and baseline.get("p99_ms") is not None and max_p99_ratio > 0:
         allowed = max(baseline["p99_ms"] * max_p99_ratio, p99_floor_ms)
         if p99 > allowed:
             reasons.append(

@@ -67,7 +67,9 @@ options:
     type: float
     default: 0.05
   max_p99_ratio:
-    description: Highest p99 latency, as a multiple of the baseline's p99, that still passes.
+    description:
+      - Highest p99 latency, as a multiple of the baseline's p99, that still passes.
+      - V(0) judges health and errors only, not latency against the baseline.
     type: float
     default: 2.0
   p99_floor_ms:

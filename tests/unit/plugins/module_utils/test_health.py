@@ -68,3 +68,8 @@ def test_container_state_and_health_are_reasons():
     assert not passed
     assert reasons == ["service app reports health 'unhealthy'", "service db is exited, not running",
                        "service worker is absent, not running"]
+
+
+def test_ratio_zero_judges_health_and_errors_only():
+    passed, reasons = verdict(summarize(samples([900.0] * 5)), baseline={"p99_ms": 10.0}, max_p99_ratio=0)
+    assert passed and reasons == []
