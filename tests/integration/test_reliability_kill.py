@@ -7,7 +7,6 @@ run that succeeds without manual repair. (A rollback killed in its switch: test_
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -70,13 +69,20 @@ def test_killed_backups_keep_the_previous_set_and_the_next_run_repairs(demo_app,
         before_states = states(docker_client, demo.name)
         playbook = module_play(tmp_path / "backup.yml", BACKUP, params(demo, consistency=consistency))
         run_bg = Background(tmp_path, inventory, playbook)
-        run_bg.wait_for(lambda: (p := newest_partial(demo)) is not None and files_in(p, marker),
-                        what=f"the backup reaching {what}")
+        reached: dict[str, Path] = {}
+
+        def got_there(marker: str = marker) -> bool:
+            partial = newest_partial(demo)
+            if partial is not None and files_in(partial, marker):
+                reached["set"] = partial
+            return "set" in reached
+
+        run_bg.wait_for(got_there, what=f"the backup reaching {what}")
         time.sleep(delay)
         alive = bool(run_bg.module_pids())
         # around the manifest the run may just have ended: then its set must be whole (checked below)
         assert alive or "manifest" in what, f"no backup module runs under ansible-playbook during {what}"
-        killed = newest_partial(demo)
+        killed = reached["set"]
         run_bg.kill()
         seen = states(docker_client, demo.name)
         # no partial set is marked complete: the killed set has a manifest only if it is whole
