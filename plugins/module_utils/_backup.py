@@ -28,6 +28,7 @@ import typing as t
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
+    DockerException,
     OperatorError,
     iso,
     parse_iso,
@@ -260,6 +261,18 @@ def _running_service_container(app: dict[str, t.Any], running: list[t.Any], serv
 QUIESCED = "quiesced.json"
 
 
+def _pause(container: t.Any, attempts: int = 4) -> None:
+    """Pause a container; the cgroup freezer can fail to freeze a busy process on a first try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            container.pause()
+            return
+        except DockerException as exc:
+            if attempt == attempts or "unable to freeze" not in str(exc):
+                raise
+            time.sleep(0.5 * attempt)
+
+
 class Quiesce:
     """Pause or stop running containers and put every one of them back as it was, whatever happens.
 
@@ -308,7 +321,7 @@ class Quiesce:
             if mode == "stop":
                 container.stop(timeout=30)
             else:
-                container.pause()
+                _pause(container)
             self.actions.append(f"{mode} {container_service(container)}")
 
     def release(self) -> list[str]:
