@@ -13,9 +13,10 @@ description:
     (O(compose_src)), remove digest pins from image lines so new tags take effect (O(unpin)), and
     bring the project up (C(docker compose up -d --remove-orphans))."
   - "Back (a rollback or a revert): put the project files kept with release O(release) back in
-    place (secret values, which the ledger never holds, come from the live env file), make its images present (from the engine, their registry, or the ledger's image archive),
-    bring the project up on exactly those images (by image ID, C(--pull never)), and verify that
-    every service's container runs the release's image."
+    place (secret values, which the ledger never holds, come from the live env file), make its
+    images present (from the engine, their registry, or the ledger's image archive), bring the
+    project up on exactly those images (by image ID, C(--pull never)), and verify that every
+    service's container runs the release's image."
   - Health is not judged here; follow with M(selfhost.rollback.health_gate). Data is not restored
     here; precede with M(selfhost.rollback.restore) when M(selfhost.rollback.rollback_check) says so.
 author:
@@ -133,6 +134,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import load, plan_load
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError, atomic_write_bytes
+
 
 def running_images(client: t.Any, app: dict[str, t.Any]) -> dict[str, dict[str, t.Any]]:
     out: dict[str, dict[str, t.Any]] = {}

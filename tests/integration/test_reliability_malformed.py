@@ -20,10 +20,10 @@ def test_malformed_input_fails_in_one_sentence_and_changes_nothing(demo_app, run
     demo = demo_app
     inventory = inventory_for(demo, tmp_path)
     # an app as the first pre_upgrade leaves it: pinned, one release recorded
-    run, _ = module_playbook("selfhost.rollback.pin", {"app": demo.definition(), "store": str(demo.store)})
+    run, _result = module_playbook("selfhost.rollback.pin", {"app": demo.definition(), "store": str(demo.store)})
     assert run.rc == 0, run.stdout[-3000:]
-    run, _ = module_playbook("selfhost.rollback.release", {"app": demo.definition(), "store": str(demo.store),
-                                                           "archive_images": False})
+    run, _result = module_playbook("selfhost.rollback.release", {"app": demo.definition(), "store": str(demo.store),
+                                                                 "archive_images": False})
     assert run.rc == 0, run.stdout[-3000:]
 
     def refused(playbook: str, expected: str, extra: dict | None = None, app: dict | None = None, prepare=None, undo=None):
