@@ -13,6 +13,8 @@ from pathlib import Path
 from conftest import COLLECTIONS_PATH, DEMO_TEMPLATE, VENV_PYTHON, write_inventory
 
 PLAYBOOK_BIN = str(Path(VENV_PYTHON).parent / "ansible-playbook")
+# upgrades that must pass: judged on health and errors (the latency verdict is unit-tested)
+TO_1_1 = {"upgrade_env": {"NOTES_VERSION": "1.1"}, "upgrade_max_p99_ratio": 0}
 
 
 def inventory_for(demo, tmp_path: Path) -> Path:
@@ -55,14 +57,15 @@ def test_upgrade_then_rollback_with_data_and_notes(demo_app, run_playbook, tmp_p
     inventory = inventory_for(demo_app, tmp_path)
     demo_app.add_note("kept", "written under 1.0")
 
-    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}}, inventory=inventory)
+    run = run_playbook("selfhost.rollback.upgrade", TO_1_1, inventory=inventory)
     assert run.rc == 0, run.stdout[-3000:]
     assert demo_app.wait_healthy(timeout=5)["version"] == "1.1"
     assert last_operation(demo_app)["outcome"] == "upgraded"
-    again = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}}, inventory=inventory)
+    again = run_playbook("selfhost.rollback.upgrade", TO_1_1, inventory=inventory)
     assert again.rc == 0 and again.changed() == [], again.changed()
 
     run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.0"}, "upgrade_max_backup_age": 0,
+                                                     "upgrade_max_p99_ratio": 0,
                                                      "upgrade_note": "2.0 renames notes to documents"}, inventory=inventory)
     assert run.rc == 0, run.stdout[-3000:]
     assert demo_app.wait_healthy(timeout=5)["schema"] == 3
@@ -107,7 +110,7 @@ def test_killed_upgrade_converges_and_blocked_rollback_refuses(demo_app, run_pla
     proc.wait(30)
     assert json.loads(journal.read_text())["phase"] == "switching"
 
-    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}}, inventory=inventory)
+    run = run_playbook("selfhost.rollback.upgrade", TO_1_1, inventory=inventory)
     assert run.rc == 0, run.stdout[-3000:]
     reports = [r["result"]["msg"] for r in run.results if "Report the interrupted operation" in r["task"] and r["status"] == "ok"]
     assert len(reports) == 1 and "stopped during 'switching'" in reports[0], reports
