@@ -7,6 +7,7 @@ Pure functions over probe samples, so the verdict logic is unit-tested without a
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import typing as t
@@ -15,20 +16,25 @@ import urllib.error
 from ansible.module_utils.urls import open_url
 
 
-def probe_once(url: str, timeout: float) -> dict[str, t.Any]:
-    """One GET: status (0 when nothing answered), latency in ms, ok for 2xx."""
+def probe_once(url: str, timeout: float, with_body: bool = False) -> dict[str, t.Any]:
+    """One GET: status (0 when nothing answered), latency in ms, ok for 2xx; the body (JSON if it parses) on request."""
     started = time.monotonic()
-    status, error = 0, None
+    status, error, raw = 0, None, b""
     try:
         with open_url(url, timeout=timeout, validate_certs=False) as response:
-            response.read(65536)
+            raw = response.read(65536)
             status = response.status
     except urllib.error.HTTPError as exc:
-        status = exc.code
+        status, raw = exc.code, exc.read(65536)
     except (OSError, ValueError) as exc:
         error = str(getattr(exc, "reason", exc))
     sample = {"url": url, "status": status, "ok": 200 <= status < 300,
               "ms": round((time.monotonic() - started) * 1000.0, 3)}
+    if with_body:
+        try:
+            sample["body"] = json.loads(raw) if raw else None
+        except ValueError:
+            sample["body"] = raw.decode(errors="replace")[:500]
     if error:
         sample["error"] = error
     return sample

@@ -90,16 +90,12 @@ health:
   description: The health URL's answer (V(null) when O(app.health.url) is not set or O(probe_health=false)).
   returned: always
   type: dict
-  sample: {url: "http://127.0.0.1:8080/healthz", status: 200, ok: true, body: {status: ok, version: "1.0"}, seconds: 0.004}
+  sample: {url: "http://127.0.0.1:8080/healthz", status: 200, ok: true, body: {status: ok, version: "1.0"}, ms: 4.1}
 """
 
-import json
-import time
 import typing as t
-import urllib.error
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
@@ -112,27 +108,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     scrub,
     secret_values,
 )
-
-
-def probe(url: str, timeout: float) -> dict[str, t.Any]:
-    started = time.monotonic()
-    status, body, error = 0, None, None
-    try:
-        with open_url(url, timeout=timeout, validate_certs=False) as response:
-            status, raw = response.status, response.read(65536)
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read(65536)
-    except (OSError, ValueError) as exc:
-        raw, error = b"", str(getattr(exc, "reason", exc))
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = raw.decode(errors="replace")[:500]
-    result = {"url": url, "status": status, "ok": 200 <= status < 300, "body": body,
-              "seconds": round(time.monotonic() - started, 4)}
-    if error:
-        result["error"] = error
-    return result
+from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
 
 
 def describe(client: t.Any, app: dict[str, t.Any], declared: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -172,7 +148,7 @@ def main() -> None:
         services = describe(docker_client(), app, declared)
         health = None
         if module.params["probe_health"] and (app.get("health") or {}).get("url"):
-            health = probe(app["health"]["url"], app["health"]["timeout"])
+            health = probe_once(app["health"]["url"], app["health"]["timeout"], with_body=True)
     except (AppError, OperatorError) as exc:
         module.fail_json(msg=str(exc))
     except DockerException as exc:
