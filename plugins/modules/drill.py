@@ -103,6 +103,13 @@ options:
     description: Highest p99 latency, as a multiple of the release's recorded baseline (when there is one), that passes.
     type: float
     default: 3.0
+  p99_floor_ms:
+    description:
+      - p99 latency, in milliseconds, that always passes whatever the baseline says.
+      - A copy that has just booted beside production answers more slowly than the warm release did; below this
+        figure a slower copy is not a failed drill. Set O(max_p99_ratio=0) to leave latency out altogether.
+    type: float
+    default: 500
   health_wait:
     description: Seconds the copy may take from started to healthy.
     type: float
@@ -249,6 +256,7 @@ def argument_spec() -> dict[str, t.Any]:
         probes={"type": "int", "default": 10},
         max_error_rate={"type": "float", "default": 0.0},
         max_p99_ratio={"type": "float", "default": 3.0},
+        p99_floor_ms={"type": "float", "default": 500},
         health_wait={"type": "float", "default": 120},
         boot_timeout={"type": "float", "default": 300},
         ignore_tables={"type": "list", "elements": "str", "default": []},
