@@ -4,9 +4,13 @@ canary first, serial batches, abort, and a per-host table saved on the controlle
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from fleet import ansible_bin
 
 # lighter settings than the defaults so that three hosts fit a CI run; the flow is the same.
 # Latency against the baseline is not what these tests check (three nested engines on two
@@ -71,3 +75,38 @@ def test_batches_of_one_then_fleet_rollback_of_that_run(fleet, run_playbook, tmp
     rows = table(tmp_path, "rollback")
     assert rows[down]["outcome"] == "rolled back" and fleet.wait_healthy(down)["version"] == "1.0"
     assert {rows[h.name]["outcome"] for h in fleet.hosts[:-1]} == {"unchanged"}  # already back: nothing to do
+
+
+def test_a_host_killed_mid_run_is_reported_and_the_others_end_known(fleet, tmp_path):
+    """The last host loses power while the canary is upgrading: the run goes on with the
+    hosts it can reach, reports the lost one, and every host ends on a version it can name."""
+    victim = next(h.name for h in reversed(fleet.hosts) if h.name != fleet.canary.name)
+    survivors = [h.name for h in fleet.hosts if h.name != victim]
+    extra = dict(FAST, upgrade_env={"NOTES_VERSION": "1.1"}, rollback_batches=[1], rollback_report_dir=str(tmp_path))
+    log = tmp_path / "upgrade.log"
+    with open(log, "wb") as out:
+        run = subprocess.Popen([ansible_bin("ansible-playbook"), "-i", str(fleet.inventory), "selfhost.rollback.upgrade",
+                                "-e", json.dumps(extra)], env=fleet.ansible_env(), cwd=str(fleet.state_dir),
+                               stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 900
+            while run.poll() is None and time.monotonic() < deadline:
+                status, body = fleet.health(fleet.canary.name)
+                if status == 200 and body.get("version") == "1.1":
+                    break
+                time.sleep(0.5)
+            assert run.poll() is None, f"the run ended before the canary ran 1.1:\n{log.read_text()[-3000:]}"
+            fleet.kill_host(victim)  # mid-run: the canary is on 1.1, the victim not reached yet
+            rc = run.wait(1200)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    output = log.read_text()
+    assert rc != 0, output[-3000:]
+    rows = table(tmp_path, "upgrade")
+    assert rows[victim]["outcome"] == "unreachable", rows
+    assert {rows[name]["outcome"] for name in survivors} == {"upgraded"}, rows
+    assert all(fleet.wait_healthy(name, version="1.1")["version"] == "1.1" for name in survivors)
+    assert f"{victim} unreachable" in output  # the run's last words name it
+    fleet.start_host(victim)  # power back: it never changed
+    assert fleet.wait_healthy(victim, timeout=180, version="1.0")["version"] == "1.0"
