@@ -26,6 +26,7 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     DockerException,
@@ -37,8 +38,8 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     stamp,
     utcnow,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, ensure_dir
-from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError, ensure_dir
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic, ResticError
 from ansible_collections.selfhost.rollback.plugins.module_utils._storage import (
     SUFFIX,
     ArchiveSource,
@@ -47,6 +48,10 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._storage import 
     StorageError,
     pick_compression,
 )
+
+# What a backup, verification, restore or drill can fail with that is the operator's to act on:
+# every one carries a sentence for the operator (the modules catch this tuple).
+OPERATOR_FAILURES = (AppError, OperatorError, LedgerError, StorageError, ResticError, _archive.ArchiveError)
 
 MANIFEST_FORMAT = 1
 MANIFEST = "manifest.json"

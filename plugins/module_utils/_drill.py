@@ -541,7 +541,7 @@ class Drill:
         figures = summarize(samples)
         baseline = (self.ledger.read(os.path.join("baselines", release_id + ".json")) or {}).get("figures")
         passed, reasons = judge(figures, baseline, copy_states(self.client, self.project), self.options["max_error_rate"],
-                                self.options["max_p99_ratio"], self.options.get("p99_floor_ms", 500.0))
+                                self.options["max_p99_ratio"], self.options["p99_floor_ms"])
         self.check("health gate", "health", reasons, detail=f"{figures['requests']} probes, {figures['errors']} errors, "
                    f"p99 {figures['p99_ms']} ms" + (f" (baseline p99 {baseline.get('p99_ms')} ms)" if baseline else ""),
                    figures=figures)

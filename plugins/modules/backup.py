@@ -162,20 +162,16 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DockerException,
-    OperatorError,
     docker_client,
     fail,
     require_docker_sdk,
     scrub,
     secret_values,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
-from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
-from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -236,7 +232,7 @@ def main() -> None:
         )
         for notice in outcome["warnings"]:
             module.warn(scrub(notice, secrets))
-    except (AppError, OperatorError, LedgerError, StorageError, ResticError, ArchiveError) as exc:
+    except _backup.OPERATOR_FAILURES as exc:
         fail(module, scrub(f"backup of app {name} failed: {exc}", secrets), **scrub(result, secrets))
     except DockerException as exc:
         fail(module, scrub(f"backup of app {name} failed: the Docker Engine refused a request ({exc}); "

@@ -109,8 +109,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DockerException,
     OperatorError,
@@ -120,9 +119,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     scrub,
     secret_values,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
-from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
-from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -166,7 +163,7 @@ def main() -> None:
             failures=[f for run in runs for f in run["failures"]],
             duration_s=round(time.monotonic() - began, 3),
         )
-    except (AppError, OperatorError, LedgerError, StorageError, ResticError, ArchiveError) as exc:
+    except _backup.OPERATOR_FAILURES as exc:
         fail(module, scrub(f"verification of a backup set of app {name} could not run: {exc}", secrets), **scrub(result, secrets))
     except DockerException as exc:
         fail(module, scrub(f"verification of a backup set of app {name} could not run: the Docker Engine refused a request "

@@ -223,8 +223,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DockerException,
     OperatorError,
@@ -234,9 +233,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     scrub,
     secret_values,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
-from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
-from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -304,7 +301,7 @@ def main() -> None:
                       failures=record["failures"], swept=record["swept"],
                       record={"json": ledger.path("drills", drill.drill_id + ".json"),
                               "markdown": ledger.path("drills", drill.drill_id + ".md")})
-    except (AppError, OperatorError, LedgerError, StorageError, ResticError, ArchiveError) as exc:
+    except _backup.OPERATOR_FAILURES as exc:
         fail(module, scrub(f"drill of app {name} could not run: {exc}", secrets), **scrub(result, secrets))
     except DockerException as exc:
         fail(module, scrub(f"drill of app {name} could not run: the Docker Engine refused a request ({exc}); check that "

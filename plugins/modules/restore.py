@@ -149,8 +149,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _restore
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DockerException,
     OperatorError,
@@ -160,9 +159,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     scrub,
     secret_values,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
-from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
-from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -233,7 +230,7 @@ def main() -> None:
             outcome = _restore.run_restore(app, target, client, ledger, entry, plan, restic, params["start"],
                                            params["health_timeout"])
         result.update(actions=outcome["actions"], started=outcome["started"], timings=outcome["timings"])
-    except (AppError, OperatorError, LedgerError, StorageError, ResticError, ArchiveError) as exc:
+    except _backup.OPERATOR_FAILURES as exc:
         fail(module, scrub(f"restore of app {name} failed: {exc}", secrets), **scrub(result, secrets))
     except DockerException as exc:
         fail(module, scrub(f"restore of app {name} failed: the Docker Engine refused a request ({exc}); "
