@@ -55,6 +55,8 @@ import socket
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
+from ansible_collections.selfhost.rollback.plugins.module_utils import _operation
+
 
 def _read(path: str) -> str | None:
     try:
@@ -101,21 +103,7 @@ def _alive(pid: int) -> bool:
 
 
 def owner_state(owner: dict, me: dict) -> str:
-    if not owner or not owner.get("pid"):
-        return "gone"
-    if owner.get("controller") != me["controller"]:
-        return "elsewhere"
-    if owner.get("boot_id") and me["boot_id"] and owner["boot_id"] != me["boot_id"]:
-        return "gone"
-    try:
-        pid = int(owner["pid"])
-    except (TypeError, ValueError):
-        return "gone"
-    if pid == me["pid"] and owner.get("started") == me["started"]:
-        return "self"
-    if owner.get("started") is not None and me["started"] is not None:
-        return "running" if process_started(pid) == owner["started"] else "gone"
-    return "running" if _alive(pid) else "gone"
+    return _operation.owner_state(owner, me, process_started, _alive)
 
 
 class LookupModule(LookupBase):

@@ -33,7 +33,7 @@ import urllib.parse
 
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps, _gate, _project, _release, _restore
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps, _gate, _operation, _project, _release, _restore
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     OperatorError,
@@ -406,10 +406,9 @@ class Drill:
         if wanted == "current":
             target = next((r for r in releases if r.get("release_id") == current_id), None)
         elif wanted == "previous":
-            live = next((r.get("content_digest") for r in releases if r.get("release_id") == current_id), None)
-            target = _gate.pick_target(releases, "previous", live)
+            target = _gate.pick_target(releases, _operation.previous_release(self.ledger, current_id))
         else:
-            target = _gate.pick_target(releases, wanted, None)
+            target = _gate.pick_target(releases, wanted)
         if target is None:
             known = ", ".join(r["release_id"] for r in releases[-5:])
             raise OperatorError(f"app {self.app['name']}: there is no {wanted!r} release to drill (recorded: {known}); "

@@ -43,17 +43,11 @@ def schema_relation(live: t.Any, target: t.Any, additive: list[str]) -> tuple[st
                           f"{', '.join(blocking)} is not additive: the target's code cannot run on today's data")
 
 
-def pick_target(releases: list[dict[str, t.Any]], target: str, live_digest: str | None) -> dict[str, t.Any] | None:
-    """``previous``: the newest release whose content differs from what runs now; else the id."""
-    if target != "previous":
-        return next((r for r in releases if r.get("release_id") == target), None)
-    candidates = [r for r in releases if r.get("content_digest") != live_digest]
-    if live_digest is not None:
-        # releases recorded after the live one are not "previous" (they were rolled away from)
-        live_records = [i for i, r in enumerate(releases) if r.get("content_digest") == live_digest]
-        if live_records:
-            candidates = [r for r in releases[: live_records[-1]] if r.get("content_digest") != live_digest]
-    return candidates[-1] if candidates else None
+def pick_target(releases: list[dict[str, t.Any]], release_id: str | None) -> dict[str, t.Any] | None:
+    """The release record with ``release_id`` (resolve "previous" with ``_operation.resolve_target`` first)."""
+    if release_id is None:
+        return None
+    return next((r for r in releases if r.get("release_id") == release_id), None)
 
 
 def restore_candidates(sets: list[dict[str, t.Any]], target: dict[str, t.Any], releases: list[dict[str, t.Any]],

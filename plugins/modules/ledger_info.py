@@ -94,7 +94,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill, _release
+from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill, _operation, _release
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import HAS_DOCKER, OperatorError, docker_client, iso
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, split_reference
@@ -134,41 +134,40 @@ def app_summary(ledger: Ledger, client: t.Any, drill_limit: int) -> dict[str, t.
                        "started_at": record.get("started_at"), "finished_at": record.get("finished_at"),
                        "timings": record.get("timings") or {}, "failures": (record.get("failures") or [])[:3]})
     running = ledger.read("drills/running.json")
-    return {"name": ledger.app, "current_release": current, "releases": releases, "sets": sets, "drills": drills,
+    return {"name": ledger.app, "current_release": current, "previous_release": _operation.previous_release(ledger, current),
+            "releases": releases, "sets": sets, "drills": drills,
             "interrupted_drill": f"{running.get('drill_id')} since {running.get('started_at')}" if running else None}
 
 
+def collect(module: AppModule) -> dict[str, t.Any]:
+    params = module.params
+    store = params["store"]
+    result = module.result
+    result.update(changed=False, host=socket.gethostname(), collected_at=iso(), engine=False, apps=[])
+    client = module.client_or_none("{exc}; image availability is reported as unknown")
+    result["engine"] = client is not None
+    names = params["apps"] or (sorted(n for n in os.listdir(store) if APP_NAME_RE.match(n) and os.path.isdir(os.path.join(store, n)))
+                               if os.path.isdir(store) else [])
+    for name in names:
+        ledger = Ledger(store, name)
+        if not os.path.isdir(ledger.root):
+            module.warn(f"app {name} has no ledger in {store}; record a release first (selfhost.rollback.pre_upgrade)")
+            continue
+        result["apps"].append(app_summary(ledger, client, params["drills"]))
+    return result
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "store": {"type": "path", "default": "/var/lib/selfhost-rollback"},
+    module = AppModule(
+        {
+            "store": {"type": "path", "default": DEFAULT_STORE},
             "apps": {"type": "list", "elements": "str", "default": []},
             "drills": {"type": "int", "default": 50},
         },
-        supports_check_mode=True,
+        app=False, docker=False, failure="reading the ledger in {store} failed",
+        os_failure="{exc}; check permissions under {store}",
     )
-    params = module.params
-    store = params["store"]
-    result: dict[str, t.Any] = {"changed": False, "host": socket.gethostname(), "collected_at": iso(), "engine": False, "apps": []}
-    client = None
-    if HAS_DOCKER:
-        try:
-            client = docker_client(timeout=30)
-            result["engine"] = True
-        except OperatorError as exc:
-            module.warn(f"{exc}; image availability is reported as unknown")
-    names = params["apps"] or (sorted(n for n in os.listdir(store) if APP_NAME_RE.match(n) and os.path.isdir(os.path.join(store, n)))
-                               if os.path.isdir(store) else [])
-    try:
-        for name in names:
-            ledger = Ledger(store, name)
-            if not os.path.isdir(ledger.root):
-                module.warn(f"app {name} has no ledger in {store}; record a release first (selfhost.rollback.pre_upgrade)")
-                continue
-            result["apps"].append(app_summary(ledger, client, params["drills"]))
-    except (LedgerError, OperatorError) as exc:
-        module.fail_json(msg=f"reading the ledger in {store} failed: {exc}", **result)
-    module.exit_json(**result)
+    module.run(collect)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes, plan_archive
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
-from ansible_collections.selfhost.rollback.plugins.module_utils import _project
+from ansible_collections.selfhost.rollback.plugins.module_utils import _operation, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import (
     CURRENT,
     archived_images,
@@ -242,6 +242,7 @@ def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.
                 ledger.write(f"releases/{release_id}.json", record)
             if current_release_id(ledger) != release_id:
                 ledger.write(CURRENT, {"release_id": release_id, "updated_at": iso()})
+            _operation.note_recorded(ledger, release_id)
             # the files a switch back to this release puts in place; same digest, same files
             _project.save_files(ledger, release_id, _project.read_files(_project.project_files(app)),
                                 env_rel=os.path.relpath(app["env_file"], app["project_dir"]))

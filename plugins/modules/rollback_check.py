@@ -89,6 +89,23 @@ reasons:
   returned: success
   type: list
   elements: str
+outcome:
+  description: The same word as RV(verdict), for playbooks that branch on every module's C(outcome).
+  returned: success
+  type: str
+  sample: ready
+blocking:
+  description: The findings that block the rollback (empty unless RV(verdict) is V(blocked)).
+  returned: success
+  type: list
+  elements: str
+resolved:
+  description:
+    - How O(target) was resolved - C(requested), C(repeat) (true when a rollback to V(previous) was just done and this
+      run returns to the same release, so that it changes nothing) and C(reasons).
+    - V(previous) is the release before the one that runs now in the app's history; see M(selfhost.rollback.operation).
+  returned: success
+  type: dict
 target:
   description: The target release (id, when recorded, schema, images).
   returned: success
@@ -129,7 +146,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _gate
+from ansible_collections.selfhost.rollback.plugins.module_utils import _gate, _operation
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
@@ -236,13 +253,14 @@ def run(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
     salt = read_salt(ledger) or b""
     live = running_state(client, app, salt, secret_values(app))
     live_digest = content_digest(live)
-    target = _gate.pick_target(history, params["target"], live_digest)
+    live_id = next((r["release_id"] for r in reversed(history) if r.get("content_digest") == live_digest), None)
+    resolved = _operation.resolve_target(ledger, params["target"], live_id)
+    target = _gate.pick_target(history, resolved["release_id"])
     if target is None:
         known = ", ".join(r["release_id"] for r in history[-5:])
         if params["target"] == "previous":
             raise OperatorError(f"app {app['name']}: there is no release before the one running now (recorded: {known})")
         raise OperatorError(f"app {app['name']}: release {params['target']} is not in the ledger; recorded releases: {known}")
-    live_id = next((r["release_id"] for r in reversed(history) if r.get("content_digest") == live_digest), None)
     additive = (app.get("schema_probe") or {}).get("additive") or []
     now = utcnow()
     checks: list[dict[str, t.Any]] = []
@@ -319,7 +337,10 @@ def run(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
     return {
         "changed": False,
         "verdict": verdict,
+        "outcome": verdict,
         "reasons": reasons,
+        "blocking": [f"{c['check']}: {c['detail']}" for c in checks if c["level"] == "block"],
+        "resolved": {"requested": params["target"], "repeat": resolved["repeat"], "reasons": resolved["reasons"]},
         "target": {"release_id": target["release_id"], "recorded_at": target.get("recorded_at"),
                    "schema_version": target.get("schema_version"),
                    "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (target.get("services") or {}).items()}},

@@ -25,16 +25,11 @@ def rel(release_id, digest, schema="1", recorded="2026-11-22T00:00:00Z"):
     return {"release_id": release_id, "content_digest": digest, "schema_version": schema, "recorded_at": recorded}
 
 
-def test_previous_is_the_newest_release_before_the_live_one():
-    history = [rel("r1", "a"), rel("r2", "b"), rel("r3", "c")]
-    assert _gate.pick_target(history, "previous", "c")["release_id"] == "r2"
-    # back on r2's content after a rollback: previous is r1, not the r3 we rolled away from
-    assert _gate.pick_target(history, "previous", "b")["release_id"] == "r1"
-    # live state never recorded: the newest recorded release
-    assert _gate.pick_target(history, "previous", "zzz")["release_id"] == "r3"
-    assert _gate.pick_target(history, "previous", "a") is None
-    assert _gate.pick_target(history, "r1", "c")["release_id"] == "r1"
-    assert _gate.pick_target(history, "r9", "c") is None
+def test_pick_target_finds_a_release_by_id():
+    history = [rel("r1", "a"), rel("r2", "b")]
+    assert _gate.pick_target(history, "r1")["release_id"] == "r1"
+    assert _gate.pick_target(history, "r9") is None
+    assert _gate.pick_target(history, None) is None
 
 
 def backup_set(set_id, release_id, schema, created):

@@ -1,0 +1,248 @@
+#!/usr/bin/python
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: operation
+short_description: Open, advance, take over and close an app's upgrade or rollback, and read where it stands
+version_added: 0.2.0
+description:
+  - One upgrade or rollback of one app is an operation. Its journal says what is under way, which run owns it
+    and which release it returns to, so that a run killed halfway is finished by the next one and a run still
+    going on is left alone. Closing keeps the record under C(operations/), as C(last_operation.json), and moves
+    the app's release history, which defines what V(previous) means for rollback, revert, drill and report.
+  - The roles of this collection reach the journal only through this module; it runs under the app's lock and
+    writes atomically.
+  - "O(state=inspect) reads: the open journal (if any) and whether its run is this one, another one still going on
+    on this control node, gone, or on another control node (decided on the control node by the action plugin of
+    the same name); the last operation; the current and previous releases; a fleet run's record (O(run_id))."
+  - "O(state=open), O(state=advance), O(state=adopt) and O(state=close) are the transitions; each refuses, with one
+    sentence, what the rules do not allow (a second open operation, a phase backwards, an outcome a kind cannot
+    have, a journal owned by another run)."
+author:
+  - selfhost.rollback maintainers (@selfhost-rollback)
+extends_documentation_fragment:
+  - selfhost.rollback.app
+attributes:
+  action:
+    support: full
+    description: An action plugin on the control node names the run (see the P(selfhost.rollback.run_owner#lookup) lookup).
+  check_mode:
+    support: full
+    description: Transitions are computed and returned, nothing is written.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    description: O(state=inspect) never changes anything; every other state records a new fact about an operation.
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [inspect, open, advance, adopt, close]
+    default: inspect
+  kind:
+    description: For O(state=open), the kind of operation.
+    type: str
+    choices: [upgrade, rollback]
+  op_id:
+    description: The operation to advance, adopt or close; defaults to the open one.
+    type: str
+  phase:
+    description: For O(state=advance), the phase the operation enters (C(switching), C(judging), C(reverting)).
+    type: str
+  outcome:
+    description:
+      - For O(state=close), how the operation ended.
+      - An upgrade ends as C(upgraded), C(reverted), C(revert_failed), C(recovered) or C(recovery_failed); a rollback as
+        C(rolled_back), C(failed), C(recovered) or C(recovery_failed).
+    type: str
+  fields:
+    description:
+      - Facts to keep in the journal and the record (for example C(release_before), C(return_to), C(backup_set),
+        C(restore_set), C(change), C(run_id), C(failure), C(data_restored), C(lost), C(figures)).
+      - Never put a secret here; the record is kept on disk.
+    type: dict
+    default: {}
+  report_failure:
+    description:
+      - For O(state=close), fail the task after closing, with one sentence that says what happened and what the
+        operator can do; the result keeps RV(outcome) so that a playbook can branch on it.
+    type: bool
+    default: false
+  run_id:
+    description: For O(state=inspect), a fleet upgrade run whose record to return as RV(run).
+    type: str
+  take_over:
+    description: For O(state=inspect), treat an operation that another control node opened as interrupted.
+    type: bool
+    default: false
+  run_owner:
+    description:
+      - This run's identity. The action plugin fills it in; do not set it.
+    type: dict
+  lock_timeout:
+    description: Seconds to wait for another run holding the app's lock.
+    type: float
+    default: 60
+seealso:
+  - plugin: selfhost.rollback.run_owner
+    plugin_type: lookup
+"""
+
+EXAMPLES = r"""
+- name: Finish or refuse what another run left
+  selfhost.rollback.operation:
+    app: "{{ app }}"
+  register: where
+
+- name: Open the upgrade
+  selfhost.rollback.operation:
+    app: "{{ app }}"
+    state: open
+    kind: upgrade
+    fields:
+      release_before: "{{ before }}"
+      return_to: "{{ before }}"
+  register: op
+
+- name: Close it
+  selfhost.rollback.operation:
+    app: "{{ app }}"
+    state: close
+    op_id: "{{ op.operation.op_id }}"
+    outcome: upgraded
+    fields:
+      release_after: "{{ after }}"
+"""
+
+RETURN = r"""
+outcome:
+  description:
+    - For O(state=inspect), C(clear) (no operation open), C(interrupted) (its run is gone; finish it), C(busy)
+      (another run is doing it; the task fails) or C(own) (this run opened it).
+    - For a transition, the phase or outcome the operation has now.
+  returned: always
+  type: str
+  sample: clear
+reasons:
+  description: Sentences behind the outcome.
+  returned: always
+  type: list
+  elements: str
+operation:
+  description: The operation's record after the transition (or the open journal, for O(state=inspect)).
+  returned: when an operation is open or was changed
+  type: dict
+pending:
+  description: The open journal, for O(state=inspect); null when none is open.
+  returned: always
+  type: dict
+last:
+  description: The last finished operation's record.
+  returned: when O(state=inspect)
+  type: dict
+current:
+  description: The release recorded as running now.
+  returned: when O(state=inspect)
+  type: str
+previous:
+  description: The release before the current one in the app's history (what V(previous) means).
+  returned: when O(state=inspect)
+  type: str
+run:
+  description: What fleet run O(run_id) changed on this app (C(release_before), C(release_after)); null when it left it alone.
+  returned: when O(run_id) is set
+  type: dict
+"""
+
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _operation
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, app_argument_spec
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+
+
+def inspect(module: AnsibleModule, ledger: Ledger) -> dict[str, t.Any]:
+    journal = _operation.pending(ledger)
+    current = (ledger.read(_operation.CURRENT) or {}).get("release_id")
+    result: dict[str, t.Any] = {
+        "changed": False, "outcome": "pending" if journal else "clear", "reasons": [], "pending": journal,
+        "operation": journal, "last": _operation.last(ledger), "current": current,
+        "previous": _operation.previous_release(ledger, current),
+    }
+    if module.params["run_id"]:
+        result["run"] = _operation.run_record(ledger, module.params["run_id"])
+    return result
+
+
+def transition(module: AnsibleModule, ledger: Ledger) -> dict[str, t.Any]:
+    params = module.params
+    owner = params["run_owner"] or {}
+    write = not module.check_mode
+    state, fields = params["state"], params["fields"] or {}
+    if state == "open":
+        if not params["kind"]:
+            raise _operation.OperationError("state=open needs kind (upgrade or rollback)")
+        record = _operation.open_operation(ledger, params["kind"], owner, fields, write)
+    elif state == "advance":
+        if not params["phase"]:
+            raise _operation.OperationError("state=advance needs phase")
+        record = _operation.advance(ledger, params["op_id"], owner, params["phase"], fields, write)
+    elif state == "adopt":
+        record = _operation.adopt(ledger, params["op_id"], owner, write)
+    else:
+        if not params["outcome"]:
+            raise _operation.OperationError("state=close needs outcome")
+        record = _operation.close(ledger, params["op_id"], owner, params["outcome"], fields, write)
+    reasons = [r for r in (record.get("reasons") or []) if isinstance(r, str)]
+    return {"changed": True, "outcome": record.get("outcome") or record["phase"], "reasons": reasons,
+            "operation": record, "pending": None if state == "close" else record}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=app_argument_spec(
+            state={"type": "str", "choices": ["inspect", "open", "advance", "adopt", "close"], "default": "inspect"},
+            kind={"type": "str", "choices": ["upgrade", "rollback"]},
+            op_id={"type": "str"},
+            phase={"type": "str"},
+            outcome={"type": "str"},
+            fields={"type": "dict", "default": {}},
+            report_failure={"type": "bool", "default": False},
+            run_id={"type": "str"},
+            take_over={"type": "bool", "default": False},
+            run_owner={"type": "dict"},
+            lock_timeout={"type": "float", "default": 60},
+        ),
+        supports_check_mode=True,
+    )
+    name = module.params["app"]["name"]
+    if not APP_NAME_RE.match(name):
+        module.fail_json(msg=f"app name {name!r} is not usable: use lower-case letters, digits, '-' and '_'",
+                         outcome="failed", reasons=[])
+    ledger = Ledger(module.params["store"], name)
+    try:
+        if module.params["state"] == "inspect":
+            result = inspect(module, ledger)
+        else:
+            if not module.params["run_owner"]:
+                raise _operation.OperationError("the run's identity is missing: call this module as a task (its action "
+                                                "plugin names the run), not with ansible -m")
+            with ledger.lock(module.params["lock_timeout"], purpose=f"operation {module.params['state']}"):
+                result = transition(module, ledger)
+    except (LedgerError, OSError) as exc:
+        module.fail_json(msg=f"app {name}: the operation journal could not be {module.params['state']}ed: {exc}"
+                         if isinstance(exc, OSError) else str(exc), outcome="failed", reasons=[str(exc)])
+    if module.params["report_failure"] and module.params["state"] == "close":
+        record = result["operation"]
+        module.fail_json(msg=_operation.failure_sentence(record), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
