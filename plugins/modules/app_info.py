@@ -95,20 +95,9 @@ health:
 
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    DockerException,
-    OperatorError,
-    docker_client,
-    project_containers,
-    require_docker_sdk,
-    scrub,
-    secret_values,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, DockerException, project_containers
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def describe(client: t.Any, app: dict[str, t.Any], declared: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -136,24 +125,14 @@ def describe(client: t.Any, app: dict[str, t.Any], declared: dict[str, t.Any]) -
     return services
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=app_argument_spec(probe_health={"type": "bool", "default": True}),
-                           supports_check_mode=True)
-    require_docker_sdk(module)
-    name = module.params["app"]["name"]
-    try:
-        app = validate_app(module.params["app"])
-        secrets = secret_values(app)
-        declared = Compose(app).config().get("services", {})
-        services = describe(docker_client(), app, declared)
-        health = None
-        if module.params["probe_health"] and (app.get("health") or {}).get("url"):
-            health = probe_once(app["health"]["url"], app["health"]["timeout"], with_body=True)
-    except (AppError, OperatorError) as exc:
-        module.fail_json(msg=str(exc))
-    except DockerException as exc:
-        module.fail_json(msg=f"app {name}: the Docker Engine refused a request ({exc}); check that dockerd is running and this user may use it")
-    result = {
+def report(module: AppModule) -> dict[str, t.Any]:
+    app = module.app
+    declared = Compose(app).config().get("services", {})
+    services = describe(module.client, app, declared)
+    health = None
+    if module.params["probe_health"] and (app.get("health") or {}).get("url"):
+        health = probe_once(app["health"]["url"], app["health"]["timeout"], with_body=True)
+    return {
         "changed": False,
         "project_name": app["project_name"],
         "compose_files": app["compose_files"],
@@ -161,7 +140,12 @@ def main() -> None:
         "running": bool(services) and all(s["state"] == "running" for s in services.values()),
         "health": health,
     }
-    module.exit_json(**scrub(result, secrets))
+
+
+def main() -> None:
+    module = AppModule({"probe_health": {"type": "bool", "default": True}},
+                       docker_failure="the Docker Engine refused a request ({exc}); check that dockerd is running and this user may use it")
+    module.run(report)
 
 
 if __name__ == "__main__":

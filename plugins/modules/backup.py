@@ -156,94 +156,74 @@ notices:
   elements: str
 """
 
-import traceback
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    DockerException,
-    docker_client,
-    fail,
-    require_docker_sdk,
-    scrub,
-    secret_values,
-)
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
-    return app_argument_spec(
-        backend={"type": "str", "choices": ["local", "restic"], "default": "local"},
-        restic=_backup.restic_option_spec(),
-        compression={"type": "str", "choices": ["auto", "zstd", "gzip", "none"], "default": "auto"},
-        compression_level={"type": "int"},
-        consistency={"type": "dict", "default": {}},
-        space_check={"type": "bool", "default": True},
-        lock_timeout={"type": "float", "default": 60},
-        tags={"type": "list", "elements": "str", "default": []},
+    return {
+        "backend": {"type": "str", "choices": ["local", "restic"], "default": "local"},
+        "restic": _backup.restic_option_spec(),
+        "compression": {"type": "str", "choices": ["auto", "zstd", "gzip", "none"], "default": "auto"},
+        "compression_level": {"type": "int"},
+        "consistency": {"type": "dict", "default": {}},
+        "space_check": {"type": "bool", "default": True},
+        "lock_timeout": {"type": "float", "default": 60},
+        "tags": {"type": "list", "elements": "str", "default": []},
+    }
+
+
+def back_up(module: AppModule) -> dict[str, t.Any]:
+    params = module.params
+    result = module.result
+    result.update(changed=False, set_id=None, items=[], left_out=[], actions=[])
+    app = module.app
+    consistency = {str(k): str(v) for k, v in params["consistency"].items()}
+    restic = _backup.restic_from_params(params["restic"]) if params["backend"] == "restic" else None
+    if restic is not None:
+        module.cleanup(restic.close)
+    options = _backup.BackupOptions(backend=params["backend"], compression=params["compression"],
+                                    compression_level=params["compression_level"], consistency=consistency,
+                                    space_check=params["space_check"], restic=restic, tags=params["tags"])
+    client = module.client
+    ledger = module.ledger
+    if module.check_mode:
+        plan = _backup.plan_backup(app, client, options)
+        result.update(changed=True, items=[s.describe() for s in plan["sources"]], left_out=plan["skipped"])
+        return result
+    with module.lock("backup"):
+        # containers a killed run left paused or stopped come back before the plan reads them
+        resumed = _backup.resume_interrupted(ledger, client)
+        plan = _backup.plan_backup(app, client, options)
+        result["items"] = [s.describe() for s in plan["sources"]]
+        result["left_out"] = plan["skipped"]
+        done = _backup.run_backup(app, client, ledger, options, plan, resumed)
+    manifest = done["manifest"]
+    result.update(
+        changed=True,
+        set_id=manifest["set_id"],
+        set_dir=done["set_dir"],
+        items=[_backup.item_view(i) for i in manifest["items"]],
+        release_id=manifest["release_id"],
+        schema_version=manifest["schema_version"],
+        bytes=sum(int(i.get("bytes") or 0) for i in manifest["items"]),
+        duration_s=manifest["duration_s"],
+        actions=done["actions"],
+        notices=done["warnings"],
     )
+    for notice in done["warnings"]:
+        module.warn(notice)
+    return result
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           required_if=[("backend", "restic", ["restic"])])
-    require_docker_sdk(module)
-    params = module.params
-    name = params["app"]["name"]
-    secrets: list[str] = []
-    result: dict[str, t.Any] = {"changed": False, "set_id": None, "items": [], "left_out": [], "actions": []}
-    restic = None
-    try:
-        app = validate_app(params["app"])
-        secrets = secret_values(app, [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else [])
-        consistency = {str(k): str(v) for k, v in params["consistency"].items()}
-        restic = _backup.restic_from_params(params["restic"]) if params["backend"] == "restic" else None
-        options = _backup.BackupOptions(backend=params["backend"], compression=params["compression"],
-                                        compression_level=params["compression_level"], consistency=consistency,
-                                        space_check=params["space_check"], restic=restic, tags=params["tags"])
-        client = docker_client()
-        ledger = Ledger(params["store"], app["name"])
-        if module.check_mode:
-            plan = _backup.plan_backup(app, client, options)
-            result.update(changed=True, items=[s.describe() for s in plan["sources"]], left_out=plan["skipped"])
-            module.exit_json(**scrub(result, secrets))
-        with ledger.lock(params["lock_timeout"], "backup"):
-            # containers a killed run left paused or stopped come back before the plan reads them
-            resumed = _backup.resume_interrupted(ledger, client)
-            plan = _backup.plan_backup(app, client, options)
-            result["items"] = [s.describe() for s in plan["sources"]]
-            result["left_out"] = plan["skipped"]
-            outcome = _backup.run_backup(app, client, ledger, options, plan, resumed)
-        manifest = outcome["manifest"]
-        result.update(
-            changed=True,
-            set_id=manifest["set_id"],
-            set_dir=outcome["set_dir"],
-            items=[_backup.item_view(i) for i in manifest["items"]],
-            release_id=manifest["release_id"],
-            schema_version=manifest["schema_version"],
-            bytes=sum(int(i.get("bytes") or 0) for i in manifest["items"]),
-            duration_s=manifest["duration_s"],
-            actions=outcome["actions"],
-            notices=outcome["warnings"],
-        )
-        for notice in outcome["warnings"]:
-            module.warn(scrub(notice, secrets))
-    except _backup.OPERATOR_FAILURES as exc:
-        fail(module, scrub(f"backup of app {name} failed: {exc}", secrets), **scrub(result, secrets))
-    except DockerException as exc:
-        fail(module, scrub(f"backup of app {name} failed: the Docker Engine refused a request ({exc}); "
-                           "check that the app's containers exist and run again", secrets), **scrub(result, secrets))
-    except OSError as exc:
-        fail(module, scrub(f"backup of app {name} failed: {exc}; check free space and permissions of {params['store']}", secrets),
-             exception=traceback.format_exc(), **scrub(result, secrets))
-    finally:
-        if restic is not None:
-            restic.close()
-    module.exit_json(**scrub(result, secrets))
+    module = AppModule(argument_spec(), required_if=[("backend", "restic", ["restic"])],
+                       failure="backup of app {name} failed", errors=_backup.OPERATOR_FAILURES,
+                       docker_failure="the Docker Engine refused a request ({exc}); check that the app's containers exist and run again",
+                       os_failure="{exc}; check free space and permissions of {store}")
+    module.run(back_up)
 
 
 if __name__ == "__main__":

@@ -71,23 +71,15 @@ newest_verified:
 
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, partial_sets, summarize
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, parse_iso, utcnow
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import parse_iso, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=app_argument_spec(release_id={"type": "str"}), supports_check_mode=True)
-    try:
-        app = validate_app(module.params["app"])
-        ledger = Ledger(module.params["store"], app["name"])
-        entries = list_sets(ledger)
-        partial = partial_sets(ledger)
-    except (AppError, OperatorError, LedgerError) as exc:
-        module.fail_json(msg=str(exc))
+def describe(module: AppModule) -> dict[str, t.Any]:
+    ledger = module.ledger
+    entries = list_sets(ledger)
+    partial = partial_sets(ledger)
     wanted = module.params["release_id"]
     newest: dict[str, t.Any] | None = None
     for entry in reversed(entries):
@@ -96,7 +88,13 @@ def main() -> None:
             created = newest.get("created_at")
             newest["age_s"] = int((utcnow() - parse_iso(created)).total_seconds()) if created else None
             break
-    module.exit_json(changed=False, sets=[summarize(e) for e in entries], partial=partial, newest_verified=newest)
+    return {"changed": False, "sets": [summarize(e) for e in entries], "partial": partial, "newest_verified": newest}
+
+
+def main() -> None:
+    module = AppModule({"release_id": {"type": "str"}}, docker=False,
+                       os_failure="reading the ledger failed ({exc}); check permissions under {store}")
+    module.run(describe)
 
 
 if __name__ == "__main__":

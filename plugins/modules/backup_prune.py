@@ -75,63 +75,55 @@ partial_removed:
 import shutil
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, fail, scrub, utcnow
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
 
 
 def argument_spec() -> dict[str, t.Any]:
-    return app_argument_spec(
-        keep_last={"type": "int"},
-        keep_within={"type": "str"},
-        restic=_backup.restic_option_spec(),
-        lock_timeout={"type": "float", "default": 60},
-    )
+    return {
+        "keep_last": {"type": "int"},
+        "keep_within": {"type": "str"},
+        "restic": _backup.restic_option_spec(),
+        "lock_timeout": {"type": "float", "default": 60},
+    }
+
+
+def prune(module: AppModule) -> dict[str, t.Any]:
+    params = module.params
+    result = module.result
+    result.update(changed=False, removed=[], kept=[], partial_removed=[])
+    ledger = module.ledger  # an unusable app definition fails before the options are judged
+    if params["keep_last"] is not None and params["keep_last"] < 0:
+        raise OperatorError("keep_last must be 0 or more")
+    within = _backup.parse_duration(params["keep_within"]) if params["keep_within"] else None
+    with module.lock("backup_prune"):
+        sets = _backup.list_sets(ledger)
+        releases, pinned = _backup.retained_releases(ledger)
+        plan = _backup.prune_plan(sets, releases, params["keep_last"], within, utcnow(), pinned)
+        partial = _backup.partial_sets(ledger)
+        result.update(removed=plan["remove"], kept=plan["keep"], partial_removed=partial,
+                      changed=bool(plan["remove"] or partial))
+        if result["changed"] and not module.check_mode:
+            by_id = {e["set_id"]: e for e in sets}
+            snapshots = [i["snapshot"] for s in plan["remove"] for i in by_id[s]["manifest"].get("items", []) if i.get("snapshot")]
+            if snapshots:
+                restic = _backup.restic_from_params(params["restic"])
+                if restic is None:
+                    raise OperatorError("sets to remove are stored in restic; give the restic option")
+                module.cleanup(restic.close)
+                restic.forget(snapshots)
+            for set_id in plan["remove"] + partial:
+                shutil.rmtree(ledger.path("backups", set_id))
+    return result
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           required_one_of=[("keep_last", "keep_within")])
-    params = module.params
-    name = params["app"]["name"]
-    secrets = [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else []
-    result: dict[str, t.Any] = {"changed": False, "removed": [], "kept": [], "partial_removed": []}
-    restic = None
-    try:
-        app = validate_app(params["app"])
-        if params["keep_last"] is not None and params["keep_last"] < 0:
-            raise OperatorError("keep_last must be 0 or more")
-        within = _backup.parse_duration(params["keep_within"]) if params["keep_within"] else None
-        ledger = Ledger(params["store"], app["name"])
-        with ledger.lock(params["lock_timeout"], "backup_prune"):
-            sets = _backup.list_sets(ledger)
-            releases, pinned = _backup.retained_releases(ledger)
-            plan = _backup.prune_plan(sets, releases, params["keep_last"], within, utcnow(), pinned)
-            partial = _backup.partial_sets(ledger)
-            result.update(removed=plan["remove"], kept=plan["keep"], partial_removed=partial,
-                          changed=bool(plan["remove"] or partial))
-            if result["changed"] and not module.check_mode:
-                by_id = {e["set_id"]: e for e in sets}
-                snapshots = [i["snapshot"] for s in plan["remove"] for i in by_id[s]["manifest"].get("items", []) if i.get("snapshot")]
-                if snapshots:
-                    restic = _backup.restic_from_params(params["restic"])
-                    if restic is None:
-                        raise OperatorError("sets to remove are stored in restic; give the restic option")
-                    restic.forget(snapshots)
-                for set_id in plan["remove"] + partial:
-                    shutil.rmtree(ledger.path("backups", set_id))
-    except (AppError, OperatorError, LedgerError, ResticError) as exc:
-        fail(module, scrub(f"pruning backup sets of app {name} failed: {exc}", secrets), **result)
-    except OSError as exc:
-        fail(module, f"pruning backup sets of app {name} failed: {exc}; check permissions of {params['store']}", **result)
-    finally:
-        if restic is not None:
-            restic.close()
-    module.exit_json(**result)
+    module = AppModule(argument_spec(), docker=False, required_one_of=[("keep_last", "keep_within")],
+                       failure="pruning backup sets of app {name} failed", errors=(ResticError,),
+                       os_failure="{exc}; check permissions of {store}")
+    module.run(prune)
 
 
 if __name__ == "__main__":

@@ -106,76 +106,58 @@ duration_s:
 import time
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    DockerException,
-    OperatorError,
-    docker_client,
-    fail,
-    require_docker_sdk,
-    scrub,
-    secret_values,
-)
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
-    return app_argument_spec(
-        set_id={"type": "str"},
-        checks={"type": "list", "elements": "str", "choices": ["deep", "test_restore"], "default": ["deep", "test_restore"]},
-        fail_on_mismatch={"type": "bool", "default": True},
-        restic=_backup.restic_option_spec(),
-        timeout={"type": "float", "default": 120},
-        lock_timeout={"type": "float", "default": 60},
+    return {
+        "set_id": {"type": "str"},
+        "checks": {"type": "list", "elements": "str", "choices": ["deep", "test_restore"], "default": ["deep", "test_restore"]},
+        "fail_on_mismatch": {"type": "bool", "default": True},
+        "restic": _backup.restic_option_spec(),
+        "timeout": {"type": "float", "default": 120},
+        "lock_timeout": {"type": "float", "default": 60},
+    }
+
+
+def verify(module: AppModule) -> dict[str, t.Any]:
+    params = module.params
+    result = module.result
+    result.update(changed=False, set_id=params["set_id"], passed=False, failures=[], runs=[], duration_s=0.0)
+    ledger = module.ledger
+    restic = _backup.restic_from_params(params["restic"])
+    if restic is not None:
+        module.cleanup(restic.close)
+    client = module.client
+    began = time.monotonic()
+    with module.lock("backup_verify"):
+        entry = _backup.load_set(ledger, params["set_id"])
+        result["set_id"] = entry["set_id"]
+        if entry["manifest"].get("backend") == "restic" and restic is None:
+            raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
+        runs = _backup.verify_set(ledger, entry, params["checks"], client, restic,
+                                  record=not module.check_mode, timeout=params["timeout"])
+    result.update(
+        changed=not module.check_mode,
+        runs=runs,
+        passed=all(run["passed"] for run in runs),
+        failures=[f for run in runs for f in run["failures"]],
+        duration_s=round(time.monotonic() - began, 3),
     )
+    result.update(outcome="passed" if result["passed"] else "failed", reasons=result["failures"])
+    if not result["passed"] and params["fail_on_mismatch"]:
+        module.fail(f"backup set {result['set_id']} of app {module.name} failed verification: "
+                    f"{'; '.join(result['failures'][:3])}; take a new backup, and do not restore this set")
+    return result
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_docker_sdk(module)
-    params = module.params
-    name = params["app"]["name"]
-    secrets: list[str] = []
-    result: dict[str, t.Any] = {"changed": False, "set_id": params["set_id"], "passed": False, "failures": [], "runs": [],
-                                "duration_s": 0.0}
-    restic = None
-    try:
-        app = validate_app(params["app"])
-        secrets = secret_values(app, [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else [])
-        restic = _backup.restic_from_params(params["restic"])
-        client = docker_client()
-        ledger = Ledger(params["store"], app["name"])
-        began = time.monotonic()
-        with ledger.lock(params["lock_timeout"], "backup_verify"):
-            entry = _backup.load_set(ledger, params["set_id"])
-            result["set_id"] = entry["set_id"]
-            if entry["manifest"].get("backend") == "restic" and restic is None:
-                raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
-            runs = _backup.verify_set(ledger, entry, params["checks"], client, restic,
-                                      record=not module.check_mode, timeout=params["timeout"])
-        result.update(
-            changed=not module.check_mode,
-            runs=runs,
-            passed=all(run["passed"] for run in runs),
-            failures=[f for run in runs for f in run["failures"]],
-            duration_s=round(time.monotonic() - began, 3),
-        )
-    except _backup.OPERATOR_FAILURES as exc:
-        fail(module, scrub(f"verification of a backup set of app {name} could not run: {exc}", secrets), **scrub(result, secrets))
-    except DockerException as exc:
-        fail(module, scrub(f"verification of a backup set of app {name} could not run: the Docker Engine refused a request "
-                           f"({exc}); check that the database image still exists", secrets), **scrub(result, secrets))
-    finally:
-        if restic is not None:
-            restic.close()
-    if not result["passed"] and params["fail_on_mismatch"]:
-        fail(module, scrub(f"backup set {result['set_id']} of app {name} failed verification: "
-                           f"{'; '.join(result['failures'][:3])}; take a new backup, and do not restore this set", secrets),
-             **scrub(result, secrets))
-    module.exit_json(**scrub(result, secrets))
+    module = AppModule(argument_spec(), failure="verification of a backup set of app {name} could not run",
+                       errors=_backup.OPERATOR_FAILURES,
+                       docker_failure="the Docker Engine refused a request ({exc}); check that the database image still exists")
+    module.run(verify)
 
 
 if __name__ == "__main__":

@@ -220,29 +220,18 @@ record:
 
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    DockerException,
-    OperatorError,
-    docker_client,
-    fail,
-    require_docker_sdk,
-    scrub,
-    secret_values,
-)
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
-    return app_argument_spec(
-        target={"type": "str", "default": "previous"},
-        set_id={"type": "str"},
-        verify={"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
-        env={"type": "dict", "default": {}},
-        smoke={"type": "list", "elements": "dict", "default": [], "options": {
+    return {
+        "target": {"type": "str", "default": "previous"},
+        "set_id": {"type": "str"},
+        "verify": {"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
+        "env": {"type": "dict", "default": {}},
+        "smoke": {"type": "list", "elements": "dict", "default": [], "options": {
             "path": {"type": "str", "required": True},
             "method": {"type": "str", "default": "GET"},
             "body": {"type": "str"},
@@ -250,71 +239,67 @@ def argument_spec() -> dict[str, t.Any]:
             "contains": {"type": "str"},
             "timeout": {"type": "float", "default": 5},
         }},
-        probes={"type": "int", "default": 10},
-        max_error_rate={"type": "float", "default": 0.0},
-        max_p99_ratio={"type": "float", "default": 3.0},
-        p99_floor_ms={"type": "float", "default": 500},
-        health_wait={"type": "float", "default": 120},
-        boot_timeout={"type": "float", "default": 300},
-        ignore_tables={"type": "list", "elements": "str", "default": []},
-        allow_host_paths={"type": "list", "elements": "path", "default": []},
-        restic=_backup.restic_option_spec(),
-        lock_timeout={"type": "float", "default": 60},
-    )
+        "probes": {"type": "int", "default": 10},
+        "max_error_rate": {"type": "float", "default": 0.0},
+        "max_p99_ratio": {"type": "float", "default": 3.0},
+        "p99_floor_ms": {"type": "float", "default": 500},
+        "health_wait": {"type": "float", "default": 120},
+        "boot_timeout": {"type": "float", "default": 300},
+        "ignore_tables": {"type": "list", "elements": "str", "default": []},
+        "allow_host_paths": {"type": "list", "elements": "path", "default": []},
+        "restic": _backup.restic_option_spec(),
+        "lock_timeout": {"type": "float", "default": 60},
+    }
 
 
 def env_values(env: dict[str, t.Any]) -> list[str]:
     return [str(v) for values in env.values() if isinstance(values, dict) for v in values.values() if v is not None]
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_docker_sdk(module)
+def run_drill(module: AppModule) -> dict[str, t.Any]:
     params = module.params
-    name = params["app"]["name"]
-    secrets: list[str] = []
-    result: dict[str, t.Any] = {"changed": False, "drill_id": None, "passed": False, "project": None, "failures": [], "swept": []}
-    restic = None
-    try:
-        for service, values in (params["env"] or {}).items():
-            if not isinstance(values, dict):
-                raise OperatorError(f"app {name}: env.{service} must map variable names to values, for example "
-                                    "{app: {SMTP_HOST: ''}}")
-        app = validate_app(params["app"])
-        restic_password = [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else []
-        secrets = secret_values(app, restic_password + env_values(params["env"]))
-        restic = _backup.restic_from_params(params["restic"])
-        client = docker_client()
-        ledger = Ledger(params["store"], app["name"])
-        drill = _drill.Drill(app, ledger, client, params, restic, warn=module.warn)
-        result.update(drill_id=drill.drill_id, project=drill.project)
-        if module.check_mode:
-            target, entry, _current = drill.select()
-            found = _drill.labelled(client, app["name"], drill.tag)
-            result.update(changed=True, passed=True, release_id=target["release_id"], set_id=entry["set_id"],
-                          swept=[f"{kind[:-1]} {r.name}" for kind, rows in found.items() for r in rows])
-            module.exit_json(**scrub(result, secrets))
-        with ledger.lock(params["lock_timeout"], purpose=f"drill {drill.drill_id}"):
-            record = drill.run()
-        result.update(changed=True, passed=record["passed"], release_id=record["target"]["release_id"],
-                      set_id=record["backup_set"]["set_id"], timings=record["timings"], checks=record["checks"],
-                      failures=record["failures"], swept=record["swept"],
-                      record={"json": ledger.path("drills", drill.drill_id + ".json"),
-                              "markdown": ledger.path("drills", drill.drill_id + ".md")})
-    except _backup.OPERATOR_FAILURES as exc:
-        fail(module, scrub(f"drill of app {name} could not run: {exc}", secrets), **scrub(result, secrets))
-    except DockerException as exc:
-        fail(module, scrub(f"drill of app {name} could not run: the Docker Engine refused a request ({exc}); check that "
-                           "dockerd is running, then run the drill again (it removes what this one left)", secrets),
-             **scrub(result, secrets))
-    finally:
-        if restic is not None:
-            restic.close()
+    name = module.name
+    result = module.result
+    result.update(changed=False, drill_id=None, passed=False, project=None, failures=[], swept=[])
+    for service, values in (params["env"] or {}).items():
+        if not isinstance(values, dict):
+            raise OperatorError(f"app {name}: env.{service} must map variable names to values, for example "
+                                "{app: {SMTP_HOST: ''}}")
+    module.add_secrets(*env_values(params["env"]))
+    app = module.app
+    restic = _backup.restic_from_params(params["restic"])
+    if restic is not None:
+        module.cleanup(restic.close)
+    client = module.client
+    ledger = module.ledger
+    drill = _drill.Drill(app, ledger, client, params, restic, warn=module.warn)
+    result.update(drill_id=drill.drill_id, project=drill.project)
+    if module.check_mode:
+        target, entry, _current = drill.select()
+        found = _drill.labelled(client, app["name"], drill.tag)
+        result.update(changed=True, passed=True, release_id=target["release_id"], set_id=entry["set_id"],
+                      swept=[f"{kind[:-1]} {r.name}" for kind, rows in found.items() for r in rows])
+        return result
+    with module.lock(f"drill {drill.drill_id}"):
+        record = drill.run()
+    result.update(changed=True, passed=record["passed"], release_id=record["target"]["release_id"],
+                  set_id=record["backup_set"]["set_id"], timings=record["timings"], checks=record["checks"],
+                  failures=record["failures"], swept=record["swept"],
+                  record={"json": ledger.path("drills", drill.drill_id + ".json"),
+                          "markdown": ledger.path("drills", drill.drill_id + ".md")},
+                  outcome="passed" if record["passed"] else "failed", reasons=record["failures"])
     if not result["passed"]:
         first = result["failures"][0] if result["failures"] else "a check failed"
-        fail(module, scrub(f"drill {result['drill_id']} of app {name} failed: {first}; the copy was torn down and every "
-                           f"check is in {result['record']['markdown']}", secrets), **scrub(result, secrets))
-    module.exit_json(**scrub(result, secrets))
+        module.fail(f"drill {result['drill_id']} of app {name} failed: {first}; the copy was torn down and every "
+                    f"check is in {result['record']['markdown']}")
+    return result
+
+
+def main() -> None:
+    module = AppModule(argument_spec(), failure="drill of app {name} could not run", errors=_backup.OPERATOR_FAILURES,
+                       docker_failure="the Docker Engine refused a request ({exc}); check that dockerd is running, "
+                       "then run the drill again (it removes what this one left)")
+    module.run(run_drill)
 
 
 if __name__ == "__main__":

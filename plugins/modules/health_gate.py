@@ -146,20 +146,9 @@ import os
 import time
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    DockerException,
-    OperatorError,
-    docker_client,
-    iso,
-    project_containers,
-    require_docker_sdk,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, project_containers
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, summarize
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def container_states(client: t.Any, app: dict[str, t.Any], services: list[str]) -> dict[str, dict[str, t.Any]]:
@@ -190,80 +179,73 @@ def wait_until_healthy(client: t.Any, app: dict[str, t.Any], services: list[str]
         time.sleep(0.25)
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            mode={"type": "str", "choices": ["check", "baseline", "probe"], "default": "check"},
-            baseline={"type": "str"},
-            probes={"type": "int", "default": 20},
-            warmup={"type": "int", "default": 3},
-            interval={"type": "float", "default": 0.05},
-            wait={"type": "float", "default": 60},
-            max_error_rate={"type": "float", "default": 0.05},
-            max_p99_ratio={"type": "float", "default": 2.0},
-            p99_floor_ms={"type": "float", "default": 500},
-            max_p99_ms={"type": "float"},
-        ),
-        supports_check_mode=True,
-    )
-    require_docker_sdk(module)
+def gate(module: AppModule) -> dict[str, t.Any]:
     params = module.params
-    name = params["app"]["name"]
-    try:
-        app = validate_app(params["app"])
-        health = app.get("health") or {}
-        if not health.get("url"):
-            raise OperatorError(f"app {name}: health.url is not set; declare the app's health URL to use a health gate")
-        if params["probes"] < 1:
-            raise OperatorError(f"app {name}: probes must be at least 1")
-        ledger = Ledger(params["store"], name)
-        baseline_name = params["baseline"] or (ledger.read("current_release.json") or {}).get("release_id") or "current"
-        if "/" in baseline_name or baseline_name.startswith("."):
-            raise OperatorError(f"app {name}: baseline name {baseline_name!r} is not usable as a file name")
-        services = sorted(Compose(app).config().get("services", {}))
-        client = docker_client()
-        time_to_healthy, waited, states = wait_until_healthy(client, app, services, health["url"], health["timeout"], params["wait"])
-        for _index in range(max(params["warmup"], 0) if time_to_healthy is not None else 0):
-            probe_once(health["url"], health["timeout"])
-        samples = []
-        for index in range(params["probes"]):
-            for url in [health["url"]] + list(health.get("urls") or []):
-                samples.append(probe_once(url, health["timeout"]))
-            if index + 1 < params["probes"]:
-                time.sleep(params["interval"])
-        figures = summarize(samples)
-        states = container_states(client, app, services)
-        baseline_record = ledger.read(os.path.join("baselines", baseline_name + ".json"))
-        judged_against = None if params["mode"] == "baseline" else baseline_record
-        passed, reasons = judge(figures, (judged_against or {}).get("figures"), states, params["max_error_rate"],
-                                params["max_p99_ratio"], params["p99_floor_ms"], params["max_p99_ms"])
-        if time_to_healthy is None:
-            passed = False
-            reasons.insert(0, f"the app did not become healthy (gave up after {waited:.0f} s of at most {params['wait']:g} s)")
-        if params["mode"] == "check" and judged_against is None:
-            module.warn(f"app {name}: no baseline {baseline_name!r} in the ledger; judged by absolute limits only")
-        changed = False
-        if params["mode"] == "baseline" and passed:
-            record = {"format": 1, "app": name, "name": baseline_name, "taken_at": iso(), "figures": figures,
-                      "containers": states, "time_to_healthy_s": time_to_healthy}
-            changed = True
-            if not module.check_mode:
-                with ledger.lock(timeout=30, purpose="health baseline"):
-                    ledger.write(os.path.join("baselines", baseline_name + ".json"), record)
-            baseline_record = record
-            judged_against = record
-    except (AppError, OperatorError, LedgerError) as exc:
-        module.fail_json(msg=str(exc))
-    except DockerException as exc:
-        module.fail_json(msg=f"app {name}: the Docker Engine refused a request ({exc}); check that dockerd is running")
-
-    result = {"changed": changed, "passed": passed, "reasons": reasons, "figures": figures,
-              "baseline": judged_against, "baseline_name": baseline_name, "containers": states,
+    name = module.name
+    app = module.app
+    health = app.get("health") or {}
+    if not health.get("url"):
+        raise OperatorError(f"app {name}: health.url is not set; declare the app's health URL to use a health gate")
+    if params["probes"] < 1:
+        raise OperatorError(f"app {name}: probes must be at least 1")
+    ledger = module.ledger
+    baseline_name = params["baseline"] or (ledger.read("current_release.json") or {}).get("release_id") or "current"
+    if "/" in baseline_name or baseline_name.startswith("."):
+        raise OperatorError(f"app {name}: baseline name {baseline_name!r} is not usable as a file name")
+    services = sorted(Compose(app).config().get("services", {}))
+    client = module.client
+    time_to_healthy, waited, states = wait_until_healthy(client, app, services, health["url"], health["timeout"], params["wait"])
+    for _index in range(max(params["warmup"], 0) if time_to_healthy is not None else 0):
+        probe_once(health["url"], health["timeout"])
+    samples = []
+    for index in range(params["probes"]):
+        for url in [health["url"]] + list(health.get("urls") or []):
+            samples.append(probe_once(url, health["timeout"]))
+        if index + 1 < params["probes"]:
+            time.sleep(params["interval"])
+    figures = summarize(samples)
+    states = container_states(client, app, services)
+    baseline_record = ledger.read(os.path.join("baselines", baseline_name + ".json"))
+    judged_against = None if params["mode"] == "baseline" else baseline_record
+    passed, reasons = judge(figures, (judged_against or {}).get("figures"), states, params["max_error_rate"],
+                            params["max_p99_ratio"], params["p99_floor_ms"], params["max_p99_ms"])
+    if time_to_healthy is None:
+        passed = False
+        reasons.insert(0, f"the app did not become healthy (gave up after {waited:.0f} s of at most {params['wait']:g} s)")
+    if params["mode"] == "check" and judged_against is None:
+        module.warn(f"app {name}: no baseline {baseline_name!r} in the ledger; judged by absolute limits only")
+    changed = False
+    if params["mode"] == "baseline" and passed:
+        record = {"format": 1, "app": name, "name": baseline_name, "taken_at": iso(), "figures": figures,
+                  "containers": states, "time_to_healthy_s": time_to_healthy}
+        changed = True
+        if not module.check_mode:
+            with module.lock("health baseline", timeout=30):
+                ledger.write(os.path.join("baselines", baseline_name + ".json"), record)
+        judged_against = record
+    result = {"changed": changed, "passed": passed, "outcome": "passed" if passed else "failed", "reasons": reasons,
+              "figures": figures, "baseline": judged_against, "baseline_name": baseline_name, "containers": states,
               "time_to_healthy_s": time_to_healthy}
     if not passed and params["mode"] != "probe":
         verb = "cannot be the baseline" if params["mode"] == "baseline" else "failed its health gate"
-        module.fail_json(msg=f"app {name} {verb}: " + "; ".join(reasons), **result)
-    module.exit_json(**result)
+        module.fail(f"app {name} {verb}: " + "; ".join(reasons), **result)
+    return result
+
+
+def main() -> None:
+    module = AppModule({
+        "mode": {"type": "str", "choices": ["check", "baseline", "probe"], "default": "check"},
+        "baseline": {"type": "str"},
+        "probes": {"type": "int", "default": 20},
+        "warmup": {"type": "int", "default": 3},
+        "interval": {"type": "float", "default": 0.05},
+        "wait": {"type": "float", "default": 60},
+        "max_error_rate": {"type": "float", "default": 0.05},
+        "max_p99_ratio": {"type": "float", "default": 2.0},
+        "p99_floor_ms": {"type": "float", "default": 500},
+        "max_p99_ms": {"type": "float"},
+    })
+    module.run(gate)
 
 
 if __name__ == "__main__":

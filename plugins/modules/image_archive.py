@@ -154,17 +154,7 @@ import os
 import tempfile
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    DockerException,
-    OperatorError,
-    docker_cli,
-    docker_client,
-    fail,
-    require_docker_sdk,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, docker_cli
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
     apply_archive,
     archive_changes,
@@ -173,18 +163,19 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
     plan_load,
     run_reference,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import CURRENT, archived_images, current_release_id
 
 
-def keep_archive(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger) -> dict[str, t.Any]:
+def keep_archive(module: AppModule, app: dict[str, t.Any], ledger: Ledger) -> dict[str, t.Any]:
     keep = module.params["keep_releases"]
     plan = plan_archive(ledger, keep)
     changed = archive_changes(plan)
     result = {"exported": plan["export"], "removed": plan["remove"] + plan["stray"], "retained_releases": plan["retained"]}
     if changed and not module.check_mode:
-        client = docker_client()
-        with ledger.lock(module.params["lock_timeout"], purpose="archiving images"):
+        client = module.client
+        with module.lock("archiving images"):
             plan = plan_archive(ledger, keep)
             done = apply_archive(client, docker_cli(), ledger, plan)
             for name in ledger.list("releases"):
@@ -197,7 +188,7 @@ def keep_archive(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger) -
     return dict(result, changed=changed)
 
 
-def load_release(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger) -> dict[str, t.Any]:
+def load_release(module: AppModule, app: dict[str, t.Any], ledger: Ledger) -> dict[str, t.Any]:
     release_id = module.params["release_id"] or current_release_id(ledger)
     if not release_id:
         raise OperatorError(f"app {app['name']}: no release_id given and {ledger.path(CURRENT)} does not exist; "
@@ -206,7 +197,7 @@ def load_release(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger) -
     if record is None:
         raise OperatorError(f"app {app['name']}: release {release_id} is not in {ledger.path('releases')}; "
                             "list the releases with selfhost.rollback.release_info")
-    client = docker_client()
+    client = module.client
     rows = plan_load(client, ledger, record, module.params["pull"])
     missing = [r for r in rows if r["source"] in ("missing", "unknown")]
     if missing:
@@ -219,7 +210,7 @@ def load_release(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger) -
         )
     changed = any(r["source"] in ("registry", "archive") for r in rows)
     if changed and not module.check_mode:
-        with ledger.lock(module.params["lock_timeout"], purpose=f"loading the images of {release_id}"):
+        with module.lock(f"loading the images of {release_id}"):
             rows = load(client, docker_cli(), ledger, record, rows)
             still = [r for r in rows if r["source"] == "missing"]
             if still:
@@ -253,7 +244,7 @@ def load_release(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger) -
     return {"changed": changed, "release_id": release_id, "images": rows, "compose_override": override}
 
 
-def write_private(module: AnsibleModule, path: str, data: bytes) -> None:
+def write_private(module: AppModule, path: str, data: bytes) -> None:
     """Replace ``path`` atomically with a 0600 file (the directory's own mode is left alone)."""
     fd, tmp = tempfile.mkstemp(prefix=".override-", dir=os.path.dirname(path) or ".")
     os.fchmod(fd, 0o600)
@@ -264,36 +255,28 @@ def write_private(module: AnsibleModule, path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            state={"type": "str", "choices": ["present", "loaded"], "default": "present"},
-            release_id={"type": "str"},
-            keep_releases={"type": "int", "default": 3},
-            pull={"type": "bool", "default": True},
-            override_file={"type": "path"},
-            lock_timeout={"type": "float", "default": 30},
-        ),
-        supports_check_mode=True,
-    )
-    require_docker_sdk(module)
-    name = module.params["app"]["name"]
+def image_archive(module: AppModule) -> dict[str, t.Any]:
     if module.params["keep_releases"] < 1:
-        fail(module, f"app {name}: keep_releases must be 1 or more (the current release always keeps its images)")
-    try:
-        app = validate_app(module.params["app"])
-        ledger = Ledger(module.params["store"], app["name"])
-        if module.params["state"] == "present":
-            result = keep_archive(module, app, ledger)
-        else:
-            result = load_release(module, app, ledger)
-    except (AppError, OperatorError, LedgerError) as exc:
-        fail(module, str(exc))
-    except DockerException as exc:
-        fail(module, f"app {name}: the Docker Engine refused a request for the image archive ({exc}); check the engine and run again")
-    except OSError as exc:
-        fail(module, f"app {name}: the image archive failed ({exc}); check free space and permissions under {module.params['store']}")
-    module.exit_json(**result)
+        raise OperatorError(f"app {module.name}: keep_releases must be 1 or more (the current release always keeps its images)")
+    if module.params["state"] == "present":
+        return keep_archive(module, module.app, module.ledger)
+    return load_release(module, module.app, module.ledger)
+
+
+def main() -> None:
+    module = AppModule(
+        {
+            "state": {"type": "str", "choices": ["present", "loaded"], "default": "present"},
+            "release_id": {"type": "str"},
+            "keep_releases": {"type": "int", "default": 3},
+            "pull": {"type": "bool", "default": True},
+            "override_file": {"type": "path"},
+            "lock_timeout": {"type": "float", "default": 30},
+        },
+        docker_failure="the Docker Engine refused a request for the image archive ({exc}); check the engine and run again",
+        os_failure="the image archive failed ({exc}); check free space and permissions under {store}",
+    )
+    module.run(image_archive)
 
 
 if __name__ == "__main__":

@@ -92,13 +92,12 @@ import os
 import socket
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill, _operation, _release
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import HAS_DOCKER, OperatorError, docker_client, iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, DEFAULT_STORE
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import iso
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, split_reference
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def version_label(record: dict[str, t.Any]) -> str:

@@ -87,13 +87,11 @@ markdown:
 import os
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _gate
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._backup import list_sets
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, iso, scrub, secret_values
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError, atomic_write_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import current_release_id, releases
 
 
@@ -128,48 +126,49 @@ def choose(app: dict[str, t.Any], ledger: Ledger, params: dict[str, t.Any]) -> t
     return before, after, set_id
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            from_release={"type": "str"},
-            to_release={"type": "str"},
-            backup_set={"type": "str"},
-            text={"type": "str"},
-            data_loss={"type": "str"},
-        ),
-        supports_check_mode=True,
-    )
+def write_note(module: AppModule) -> dict[str, t.Any]:
     params = module.params
-    name = params["app"]["name"]
-    try:
-        app = validate_app(params["app"])
-        ledger = Ledger(params["store"], name)
-        before, after, set_id = choose(app, ledger, params)
-        additive = (app.get("schema_probe") or {}).get("additive") or []
-        relpath = os.path.join("notes", f"{before['release_id']}__{after['release_id']}.json")
-        existing = ledger.read(relpath)
-        note = _gate.note_between(before, after, additive)
-        # a later writer (the rollback adding what was lost) keeps what an earlier one said
-        kept = existing or {}
-        note.update(app=name, backup_set=set_id or kept.get("backup_set"), format=1,
-                    text=params["text"] if params["text"] is not None else kept.get("text"),
-                    data_loss=params["data_loss"] if params["data_loss"] is not None else kept.get("data_loss"))
-        note = scrub(note, secret_values(app))
-        comparable = {k: v for k, v in (existing or {}).items() if k != "written_at"}
-        changed = comparable != note
-        note["written_at"] = iso() if changed or existing is None else existing.get("written_at")
-        markdown = _gate.note_markdown(note)
-        if changed and not module.check_mode:
-            with ledger.lock(timeout=60, purpose="migration note"):
-                ledger.write(relpath, note)
-                atomic_write_bytes(ledger.path(relpath[: -len(".json")] + ".md"), markdown.encode())
-    except (AppError, OperatorError, LedgerError) as exc:
-        module.fail_json(msg=str(exc))
+    name = module.name
+    app = module.app
+    ledger = module.ledger
+    before, after, set_id = choose(app, ledger, params)
+    additive = (app.get("schema_probe") or {}).get("additive") or []
+    relpath = os.path.join("notes", f"{before['release_id']}__{after['release_id']}.json")
+    existing = ledger.read(relpath)
+    note = _gate.note_between(before, after, additive)
+    # a later writer (the rollback adding what was lost) keeps what an earlier one said
+    kept = existing or {}
+    note.update(app=name, backup_set=set_id or kept.get("backup_set"), format=1,
+                text=params["text"] if params["text"] is not None else kept.get("text"),
+                data_loss=params["data_loss"] if params["data_loss"] is not None else kept.get("data_loss"))
+    note = module.scrub(note)
+    comparable = {k: v for k, v in (existing or {}).items() if k != "written_at"}
+    changed = comparable != note
+    note["written_at"] = iso() if changed or existing is None else existing.get("written_at")
+    markdown = _gate.note_markdown(note)
+    if changed and not module.check_mode:
+        with module.lock("migration note", timeout=60):
+            ledger.write(relpath, note)
+            atomic_write_bytes(ledger.path(relpath[: -len(".json")] + ".md"), markdown.encode())
     result: dict[str, t.Any] = {"changed": changed, "note": note, "path": ledger.path(relpath), "markdown": markdown}
-    if module._diff:
+    if module.diff_mode:
         result["diff"] = {"before": _gate.note_markdown(existing) if existing else "", "after": markdown,
                           "before_header": relpath[: -len(".json")] + ".md", "after_header": relpath[: -len(".json")] + ".md"}
-    module.exit_json(**result)
+    return result
+
+
+def main() -> None:
+    module = AppModule(
+        {
+            "from_release": {"type": "str"},
+            "to_release": {"type": "str"},
+            "backup_set": {"type": "str"},
+            "text": {"type": "str"},
+            "data_loss": {"type": "str"},
+        },
+        docker=False,
+    )
+    module.run(write_note)
 
 
 if __name__ == "__main__":

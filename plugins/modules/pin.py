@@ -130,21 +130,11 @@ import os
 import tempfile
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    DockerException,
-    OperatorError,
-    docker_client,
-    fail,
-    project_containers,
-    read_env_file,
-    require_docker_sdk,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, project_containers, read_env_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import pull, resolve
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import HAS_RUAMEL, ImageNode, PinError, locate_images, plan_file
 
 
@@ -182,17 +172,17 @@ class Resolver:
         return {"digest": found["repo_digest"], "image_id": found["image_id"]}
 
 
-def write_preserving(module: AnsibleModule, path: str, text: str) -> None:
+def write_preserving(module: AppModule, path: str, text: str) -> None:
     """Replace ``path`` atomically with ``text``; owner, mode and SELinux context are kept by atomic_move."""
     fd, tmp = tempfile.mkstemp(prefix=".pin-", dir=os.path.dirname(path))
     with os.fdopen(fd, "wb") as handle:
         handle.write(text.encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
-    module.atomic_move(tmp, path)
+    module.module.atomic_move(tmp, path)
 
 
-def pin_app(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
+def pin_app(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
     texts = {}
     for path in app["compose_files"]:
         with open(path, "rb") as handle:
@@ -202,7 +192,7 @@ def pin_app(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
         except UnicodeDecodeError as exc:
             raise PinError(f"{path} is not UTF-8 text ({exc})") from exc
         locate_images(texts[path], path)  # a clear YAML error before Compose's
-    client = docker_client()
+    client = module.client
     config = Compose(app).config()
     resolver = Resolver(client, app, config, module.params["pull"])
     env = dict(read_env_file(app["env_file"]))
@@ -227,8 +217,7 @@ def pin_app(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
                             "the release records the image it runs by image ID and the archive keeps it")
 
     if diffs and not module.check_mode:
-        ledger = Ledger(module.params["store"], app["name"])
-        with ledger.lock(module.params["lock_timeout"], purpose="pinning the compose files"):
+        with module.lock("pinning the compose files"):
             for plan in plans:
                 if plan["after"] != plan["before"]:
                     with open(plan["file"], "rb") as handle:
@@ -236,35 +225,30 @@ def pin_app(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
                             raise PinError(f"{plan['file']} changed while it was being pinned; run again")
                     write_preserving(module, plan["file"], plan["after"])
     result: dict[str, t.Any] = {"changed": bool(diffs), "files": files, "pins": pins}
-    if module._diff:
+    if module.diff_mode:
         result["diff"] = diffs
     return result
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            pull={"type": "bool", "default": False},
-            lock_timeout={"type": "float", "default": 30},
-        ),
-        supports_check_mode=True,
-    )
-    require_docker_sdk(module)
-    if not HAS_RUAMEL:
-        module.fail_json(msg=missing_required_lib("ruamel.yaml"))
-    name = module.params["app"]["name"]
+def pin(module: AppModule) -> dict[str, t.Any]:
     try:
-        app = validate_app(module.params["app"])
-        result = pin_app(module, app)
+        return pin_app(module, module.app)
     except PinError as exc:
-        fail(module, f"app {name}: nothing was pinned: {exc}")
-    except (AppError, OperatorError, LedgerError) as exc:
-        fail(module, str(exc))
-    except DockerException as exc:
-        fail(module, f"app {name}: the Docker Engine refused a request while pinning ({exc}); check the engine and run again")
-    except OSError as exc:
-        fail(module, f"app {name}: pinning failed ({exc}); check that the compose files are writable")
-    module.exit_json(**result)
+        raise OperatorError(f"app {module.name}: nothing was pinned: {exc}") from exc
+
+
+def main() -> None:
+    module = AppModule(
+        {
+            "pull": {"type": "bool", "default": False},
+            "lock_timeout": {"type": "float", "default": 30},
+        },
+        docker_failure="the Docker Engine refused a request while pinning ({exc}); check the engine and run again",
+        os_failure="pinning failed ({exc}); check that the compose files are writable",
+    )
+    if not HAS_RUAMEL:
+        module.fail(missing_required_lib("ruamel.yaml"))
+    module.run(pin)
 
 
 if __name__ == "__main__":

@@ -164,21 +164,10 @@ archive:
 import os
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    DockerException,
-    OperatorError,
-    docker_cli,
-    docker_client,
-    fail,
-    iso,
-    require_docker_sdk,
-    secret_values,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, docker_cli, iso, secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes, plan_archive
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils import _operation, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import (
     CURRENT,
@@ -193,10 +182,10 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._release import 
 )
 
 
-def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
+def record_release(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
     params = module.params
-    ledger = Ledger(params["store"], app["name"])
-    client = docker_client()
+    ledger = module.ledger
+    client = module.client
     secrets = secret_values(app)
     salt = read_salt(ledger)
     new_salt = salt is None
@@ -229,7 +218,7 @@ def record_release(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.
 
     archive = {"exported": [], "removed": [], "retained_releases": plan["retained"] if plan else []}
     if actions and not module.check_mode:
-        with ledger.lock(params["lock_timeout"], purpose=f"recording release {release_id}"):
+        with module.lock(f"recording release {release_id}"):
             if new_salt:
                 if read_salt(ledger) is not None:
                     raise OperatorError(f"app {app['name']}: another run created the ledger meanwhile; run again")
@@ -283,29 +272,23 @@ def _local_image_warnings(record: dict[str, t.Any], archiving: bool) -> list[str
     return warnings
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            archive_images={"type": "bool", "default": True},
-            keep_releases={"type": "int", "default": 3},
-            lock_timeout={"type": "float", "default": 30},
-        ),
-        supports_check_mode=True,
-    )
-    require_docker_sdk(module)
-    name = module.params["app"]["name"]
+def release(module: AppModule) -> dict[str, t.Any]:
     if module.params["keep_releases"] < 1:
-        fail(module, f"app {name}: keep_releases must be 1 or more (the current release always keeps its images)")
-    try:
-        app = validate_app(module.params["app"])
-        result = record_release(module, app)
-    except (AppError, OperatorError, LedgerError) as exc:
-        fail(module, str(exc))
-    except DockerException as exc:
-        fail(module, f"app {name}: the Docker Engine refused a request while recording the release ({exc}); check the engine and run again")
-    except OSError as exc:
-        fail(module, f"app {name}: recording the release failed ({exc}); check that {module.params['store']} is writable")
-    module.exit_json(**result)
+        raise OperatorError(f"app {module.name}: keep_releases must be 1 or more (the current release always keeps its images)")
+    return record_release(module, module.app)
+
+
+def main() -> None:
+    module = AppModule(
+        {
+            "archive_images": {"type": "bool", "default": True},
+            "keep_releases": {"type": "int", "default": 3},
+            "lock_timeout": {"type": "float", "default": 30},
+        },
+        docker_failure="the Docker Engine refused a request while recording the release ({exc}); check the engine and run again",
+        os_failure="recording the release failed ({exc}); check that {store} is writable",
+    )
+    module.run(release)
 
 
 if __name__ == "__main__":

@@ -98,24 +98,17 @@ release:
 
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import HAS_DOCKER, OperatorError, docker_client, fail
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, release_images
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import archived_images, current_release_id, releases, summary
 
 
-def describe(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
-    ledger = Ledger(module.params["store"], app["name"])
+def describe(module: AppModule) -> dict[str, t.Any]:
+    app = module.app
+    ledger = module.ledger
     current = current_release_id(ledger)
-    client = None
-    if HAS_DOCKER:
-        try:
-            client = docker_client(timeout=30)
-        except OperatorError as exc:
-            module.warn(f"restorability is judged from the archive only: {exc}")
+    client = module.client_or_none("restorability is judged from the archive only: {exc}")
     out = []
     records = releases(ledger)
     for record in records:
@@ -138,15 +131,9 @@ def describe(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=app_argument_spec(release_id={"type": "str"}), supports_check_mode=True)
-    try:
-        app = validate_app(module.params["app"])
-        result = describe(module, app)
-    except (AppError, OperatorError, LedgerError) as exc:
-        fail(module, str(exc))
-    except OSError as exc:
-        fail(module, f"app {module.params['app']['name']}: reading the ledger failed ({exc}); check permissions under {module.params['store']}")
-    module.exit_json(**result)
+    module = AppModule({"release_id": {"type": "str"}}, docker=False,
+                       os_failure="reading the ledger failed ({exc}); check permissions under {store}")
+    module.run(describe)
 
 
 if __name__ == "__main__":

@@ -146,33 +146,23 @@ timings:
 
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _restore
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    DockerException,
-    OperatorError,
-    docker_client,
-    fail,
-    require_docker_sdk,
-    scrub,
-    secret_values,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
-    return app_argument_spec(
-        set_id={"type": "str"},
-        target={"type": "dict", "options": {"project_name": {"type": "str"}, "project_dir": {"type": "path"}}},
-        start={"type": "str", "choices": ["previous", "all", "none"], "default": "previous"},
-        verify={"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
-        force={"type": "bool", "default": False},
-        health_timeout={"type": "float", "default": 120},
-        restic=_backup.restic_option_spec(),
-        lock_timeout={"type": "float", "default": 60},
-    )
+    return {
+        "set_id": {"type": "str"},
+        "target": {"type": "dict", "options": {"project_name": {"type": "str"}, "project_dir": {"type": "path"}}},
+        "start": {"type": "str", "choices": ["previous", "all", "none"], "default": "previous"},
+        "verify": {"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
+        "force": {"type": "bool", "default": False},
+        "health_timeout": {"type": "float", "default": 120},
+        "restic": _backup.restic_option_spec(),
+        "lock_timeout": {"type": "float", "default": 60},
+    }
 
 
 def gate(ledger: Ledger, entry: dict[str, t.Any], mode: str, client: t.Any, restic: t.Any, record: bool) -> dict[str, t.Any]:
@@ -190,58 +180,49 @@ def gate(ledger: Ledger, entry: dict[str, t.Any], mode: str, client: t.Any, rest
     return run
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_docker_sdk(module)
+def restore(module: AppModule) -> dict[str, t.Any]:
     params = module.params
-    name = params["app"]["name"]
-    secrets: list[str] = []
-    result: dict[str, t.Any] = {"changed": False, "set_id": params["set_id"], "target": None, "live": True,
-                                "restored": [], "left_out": [], "actions": []}
-    restic = None
-    try:
-        app = validate_app(params["app"])
-        secrets = secret_values(app, [params["restic"]["password"]] if params["restic"] and params["restic"].get("password") else [])
-        restic = _backup.restic_from_params(params["restic"])
-        target_params = params["target"] or {}
-        target = _restore.target_app(app, target_params.get("project_name"), target_params.get("project_dir"))
-        result["target"] = target["project_name"]
-        client = docker_client()
-        ledger = Ledger(params["store"], app["name"])
-        with ledger.lock(params["lock_timeout"], "restore"):
-            entry = _backup.load_set(ledger, params["set_id"])
-            result["set_id"] = entry["set_id"]
-            if entry["manifest"].get("backend") == "restic" and restic is None:
-                raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
-            plan = _restore.plan_restore(app, target, client, entry)
-            result.update(live=plan["live"], restored=[f"{s['kind']} {s['name']}" for s in plan["steps"]],
-                          left_out=plan["skipped"])
-            if not params["force"] and _restore.already_restored(ledger, target, client, entry, plan):
-                result["actions"] = [f"{target['project_name']} still holds set {entry['set_id']} as restored; nothing to do"]
-                module.exit_json(**scrub(result, secrets))
-            verification = gate(ledger, entry, params["verify"], client, restic, record=not module.check_mode)
-            result["verification"] = {k: v for k, v in verification.items() if k != "checks"}
-            if module.check_mode:
-                result["changed"] = True
-                result["actions"] = ([f"stop {', '.join(plan['running'])}"] if plan["running"] else []) + \
-                    [f"restore {r}" for r in result["restored"]]
-                module.exit_json(**scrub(result, secrets))
+    result = module.result
+    result.update(changed=False, set_id=params["set_id"], target=None, live=True, restored=[], left_out=[], actions=[])
+    app = module.app
+    restic = _backup.restic_from_params(params["restic"])
+    if restic is not None:
+        module.cleanup(restic.close)
+    target_params = params["target"] or {}
+    target = _restore.target_app(app, target_params.get("project_name"), target_params.get("project_dir"))
+    result["target"] = target["project_name"]
+    client = module.client
+    ledger = module.ledger
+    with module.lock("restore"):
+        entry = _backup.load_set(ledger, params["set_id"])
+        result["set_id"] = entry["set_id"]
+        if entry["manifest"].get("backend") == "restic" and restic is None:
+            raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
+        plan = _restore.plan_restore(app, target, client, entry)
+        result.update(live=plan["live"], restored=[f"{s['kind']} {s['name']}" for s in plan["steps"]],
+                      left_out=plan["skipped"])
+        if not params["force"] and _restore.already_restored(ledger, target, client, entry, plan):
+            result["actions"] = [f"{target['project_name']} still holds set {entry['set_id']} as restored; nothing to do"]
+            return result
+        verification = gate(ledger, entry, params["verify"], client, restic, record=not module.check_mode)
+        result["verification"] = {k: v for k, v in verification.items() if k != "checks"}
+        if module.check_mode:
             result["changed"] = True
-            outcome = _restore.run_restore(app, target, client, ledger, entry, plan, restic, params["start"],
-                                           params["health_timeout"])
-        result.update(actions=outcome["actions"], started=outcome["started"], timings=outcome["timings"])
-    except _backup.OPERATOR_FAILURES as exc:
-        fail(module, scrub(f"restore of app {name} failed: {exc}", secrets), **scrub(result, secrets))
-    except DockerException as exc:
-        fail(module, scrub(f"restore of app {name} failed: the Docker Engine refused a request ({exc}); "
-                           "check 'docker compose ps' for the app and run again", secrets), **scrub(result, secrets))
-    except OSError as exc:
-        fail(module, scrub(f"restore of app {name} failed: {exc}; check free space and permissions on the target", secrets),
-             **scrub(result, secrets))
-    finally:
-        if restic is not None:
-            restic.close()
-    module.exit_json(**scrub(result, secrets))
+            result["actions"] = ([f"stop {', '.join(plan['running'])}"] if plan["running"] else []) + \
+                [f"restore {r}" for r in result["restored"]]
+            return result
+        result["changed"] = True
+        done = _restore.run_restore(app, target, client, ledger, entry, plan, restic, params["start"],
+                                    params["health_timeout"])
+    result.update(actions=done["actions"], started=done["started"], timings=done["timings"])
+    return result
+
+
+def main() -> None:
+    module = AppModule(argument_spec(), failure="restore of app {name} failed", errors=_backup.OPERATOR_FAILURES,
+                       docker_failure="the Docker Engine refused a request ({exc}); check 'docker compose ps' for the app and run again",
+                       os_failure="{exc}; check free space and permissions on the target")
+    module.run(restore)
 
 
 if __name__ == "__main__":

@@ -105,10 +105,10 @@ import json
 import os
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _report
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import LedgerError, atomic_write_bytes, ensure_dir
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def rows_of(model: dict[str, t.Any]) -> list[str]:
@@ -125,24 +125,12 @@ def rows_of(model: dict[str, t.Any]) -> list[str]:
     return rows
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "hosts": {"type": "list", "elements": "dict", "required": True},
-            "missing_hosts": {"type": "list", "elements": "str", "default": []},
-            "dest": {"type": "path", "required": True},
-            "stale_days": {"type": "float", "default": 7},
-            "keep_releases": {"type": "int", "default": 3},
-            "title": {"type": "str", "default": "Restore points"},
-            "now": {"type": "str"},
-        },
-        supports_check_mode=True,
-    )
+def write_report(module: AppModule) -> dict[str, t.Any]:
     params = module.params
     if params["now"]:
         now = _report.parse_time(params["now"])
         if now is None:
-            module.fail_json(msg=f"now {params['now']!r} is not a UTC time like 2026-11-22T03:00:00Z; fix the value or leave it out")
+            raise OperatorError(f"now {params['now']!r} is not a UTC time like 2026-11-22T03:00:00Z; fix the value or leave it out")
     else:
         now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     model = _report.restore_points(params["hosts"], now, params["stale_days"], params["keep_releases"], params["missing_hosts"])
@@ -162,9 +150,26 @@ def main() -> None:
                     ensure_dir(params["dest"])
                     atomic_write_bytes(paths[key], content)
                 except (OSError, LedgerError) as exc:
-                    module.fail_json(msg=f"the report could not be written to {paths[key]} ({exc}); choose a writable dest")
-    module.exit_json(changed=changed, html=paths["html"], json=paths["json"], mark=model["mark"], counts=model["counts"],
-                     rows=rows_of(model))
+                    raise OperatorError(f"the report could not be written to {paths[key]} ({exc}); choose a writable dest") from exc
+    return {"changed": changed, "html": paths["html"], "json": paths["json"], "mark": model["mark"], "counts": model["counts"],
+            "rows": rows_of(model)}
+
+
+def main() -> None:
+    module = AppModule(
+        {
+            "hosts": {"type": "list", "elements": "dict", "required": True},
+            "missing_hosts": {"type": "list", "elements": "str", "default": []},
+            "dest": {"type": "path", "required": True},
+            "stale_days": {"type": "float", "default": 7},
+            "keep_releases": {"type": "int", "default": 3},
+            "title": {"type": "str", "default": "Restore points"},
+            "now": {"type": "str"},
+        },
+        app=False, docker=False,
+        os_failure="reading or writing the report failed ({exc}); choose a dest that this user may read and write",
+    )
+    module.run(write_report)
 
 
 if __name__ == "__main__":

@@ -85,13 +85,17 @@ verdict:
   type: str
   sample: needs_data_restore
 reasons:
-  description: Every finding that is not plain ok, each one sentence with its numbers.
-  returned: success
+  description:
+    - Every finding that is not plain ok, each one sentence with its numbers.
+    - On a failure, the sentence that says why the check could not run.
+  returned: always
   type: list
   elements: str
 outcome:
-  description: The same word as RV(verdict), for playbooks that branch on every module's C(outcome).
-  returned: success
+  description:
+    - The same word as RV(verdict), for playbooks that branch on every module's C(outcome).
+    - V(failed) when the check could not run (the task fails).
+  returned: always
   type: str
   sample: ready
 blocking:
@@ -144,23 +148,13 @@ import os
 import shutil
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _gate, _operation
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    DockerException,
-    OperatorError,
-    docker_client,
-    require_docker_sdk,
-    secret_values,
-    service_container,
-    utcnow,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError, secret_values, service_container, utcnow
 from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import count_rows
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import content_digest, read_salt, releases, running_state
 
 
@@ -242,14 +236,15 @@ def space_check(client: t.Any, ledger: Ledger, entry: dict[str, t.Any] | None, m
     return check("ok", "space", detail, free=free, needed=needed)
 
 
-def run(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
+def judge(module: AppModule) -> dict[str, t.Any]:
+    app = module.app
     params = module.params
-    ledger = Ledger(params["store"], app["name"])
+    ledger = module.ledger
     history = releases(ledger)
     if not history:
         raise OperatorError(f"app {app['name']}: no release is recorded in {ledger.root}; record one with "
                             "selfhost.rollback.release (the pre_upgrade playbook does) before asking about a rollback")
-    client = docker_client()
+    client = module.client
     salt = read_salt(ledger) or b""
     live = running_state(client, app, salt, secret_values(app))
     live_digest = content_digest(live)
@@ -355,26 +350,14 @@ def run(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            target={"type": "str", "default": "previous"},
-            allow_pull={"type": "bool", "default": True},
-            keep_last={"type": "int"},
-            keep_within={"type": "str"},
-            space_margin={"type": "float", "default": 1.2},
-        ),
-        supports_check_mode=True,
-    )
-    require_docker_sdk(module)
-    name = module.params["app"]["name"]
-    try:
-        app = validate_app(module.params["app"])
-        result = run(module, app)
-    except (AppError, OperatorError, LedgerError) as exc:
-        module.fail_json(msg=str(exc))
-    except DockerException as exc:
-        module.fail_json(msg=f"app {name}: the Docker Engine refused a request ({exc}); check that dockerd is running")
-    module.exit_json(**result)
+    module = AppModule({
+        "target": {"type": "str", "default": "previous"},
+        "allow_pull": {"type": "bool", "default": True},
+        "keep_last": {"type": "int"},
+        "keep_within": {"type": "str"},
+        "space_margin": {"type": "float", "default": 1.2},
+    })
+    module.run(judge)
 
 
 if __name__ == "__main__":
