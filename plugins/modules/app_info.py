@@ -91,6 +91,21 @@ health:
   returned: always
   type: dict
   sample: {url: "http://127.0.0.1:8080/healthz", status: 200, ok: true, body: {status: ok, version: "1.0"}, ms: 4.1}
+outcome:
+  description:
+    - V(unchanged): this module only reads.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: unchanged
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t

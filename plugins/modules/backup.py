@@ -154,6 +154,21 @@ notices:
   returned: success
   type: list
   elements: str
+outcome:
+  description:
+    - V(changed): a set was written (or, in check mode, would be).
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: changed
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t

@@ -67,6 +67,21 @@ newest_verified:
   description: The newest set whose last verification passed (within O(release_id) when given), with its age in seconds, or V(null).
   returned: always
   type: dict
+outcome:
+  description:
+    - V(unchanged): this module only reads.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: unchanged
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t

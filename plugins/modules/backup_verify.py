@@ -101,6 +101,21 @@ duration_s:
   description: Seconds all checks took.
   returned: always
   type: float
+outcome:
+  description:
+    - V(passed) when every check passed, V(failed) when one did not (the task fails unless O(fail_on_mismatch=false)).
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: passed
+reasons:
+  description:
+    - The same sentences as RV(failures) (empty when the set passed).
+    - When the verification could not run, the sentence that says why.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import time

@@ -216,6 +216,21 @@ record:
   type: dict
   sample: {json: /var/lib/selfhost-rollback/notes/drills/d-20261122T030000Z-7c1e.json,
            markdown: /var/lib/selfhost-rollback/notes/drills/d-20261122T030000Z-7c1e.md}
+outcome:
+  description:
+    - V(passed) or V(failed), the drill's verdict; in check mode V(changed) (a drill would run).
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: passed
+reasons:
+  description:
+    - The same sentences as RV(failures) (empty when the drill passed).
+    - When the drill could not run, the sentence that says why.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t

@@ -113,7 +113,9 @@ passed:
   returned: always
   type: bool
 reasons:
-  description: Every reason it did not pass, each a sentence with its numbers.
+  description:
+    - Every reason it did not pass, each a sentence with its numbers.
+    - When the gate could not run, the sentence that says why.
   returned: always
   type: list
   elements: str
@@ -140,6 +142,13 @@ time_to_healthy_s:
   description: Seconds until every service ran and the health URL answered 2xx (V(null) if that never happened within O(wait)).
   returned: always
   type: float
+outcome:
+  description:
+    - V(passed) or V(failed), the gate's verdict (RV(passed)); with O(mode=probe) a V(failed) gate does not fail the task.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: passed
 """
 
 import os

@@ -86,6 +86,21 @@ apps:
            passed: true, started_at: "2026-11-22T03:00:00Z", finished_at: "2026-11-22T03:00:14Z",
            timings: {restore_s: 4.2, boot_s: 2.9, healthy_s: 1.1, time_to_healthy_s: 8.2}, failures: []}
       interrupted_drill: null
+outcome:
+  description:
+    - V(unchanged): this module only reads.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: unchanged
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import os

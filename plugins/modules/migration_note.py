@@ -82,6 +82,21 @@ markdown:
   description: The note in Markdown.
   returned: success
   type: str
+outcome:
+  description:
+    - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: unchanged
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import os

@@ -124,6 +124,21 @@ pins:
   sample: [{"path": "/srv/notes/compose.yaml", "line": 19, "services": ["app"],
             "before": "127.0.0.1:5000/selfhost/notes:${NOTES_VERSION:-1.0}",
             "after": "127.0.0.1:5000/selfhost/notes:${NOTES_VERSION:-1.0}@sha256:ec5f..."}]
+outcome:
+  description:
+    - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: changed
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import os

@@ -94,6 +94,21 @@ release:
   description: The full record of O(release_id) (see M(selfhost.rollback.release)).
   returned: when O(release_id) is given
   type: dict
+outcome:
+  description:
+    - V(unchanged): this module only reads.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: unchanged
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t

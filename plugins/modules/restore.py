@@ -142,6 +142,21 @@ timings:
   returned: success
   type: dict
   sample: {"volume:uploads": 0.05, "database:db-notes": 1.9, "health": 2.1, "total": 9.8}
+outcome:
+  description:
+    - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place. V(unchanged) also when the target still holds the set as restored.
+    - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: changed
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t
