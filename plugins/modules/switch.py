@@ -15,8 +15,16 @@ description:
   - "Back (a rollback or a revert): put the project files kept with release O(release) back in
     place (secret values, which the ledger never holds, come from the live env file), make its
     images present (from the engine, their registry, or the ledger's image archive), bring the
-    project up on exactly those images (by image ID, C(--pull never)), and verify that every
-    service's container runs the release's image."
+    project up on exactly those images (C(--pull never)), and verify that every service's
+    container runs the release's image."
+  - "Only the services whose image or configuration changes are recreated: a service whose container
+    already runs the release's image keeps the image reference it was created with, so Compose sees
+    its configuration unchanged and leaves it running (an image-only rollback of an app does not
+    restart its database). Files, images (pulled or loaded from the archive) and every check come
+    before anything is stopped."
+  - "With O(start_first), a service that publishes no host port (one behind a reverse proxy) is
+    switched without downtime: its new container starts beside the old one, the module waits until it
+    is healthy (or running, when it has no health check), then stops and removes the old one."
   - Health is not judged here; follow with M(selfhost.rollback.health_gate). Data is not restored
     here; precede with M(selfhost.rollback.restore) when M(selfhost.rollback.rollback_check) says so.
 author:
@@ -26,13 +34,17 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Reports which files would change, which images would be loaded and which services would be recreated.
+    description:
+      - Reports which files would change, which images would be loaded, which services would be recreated and
+        which would be started beside their old container (O(start_first)); a refusal of O(start_first) happens in check mode too.
+      - A service whose configuration (not image) changes with the release files is recreated by Compose but only named in
+        RV(recreated) after a real run.
   diff_mode:
     support: full
     description: Shows the compose files before and after; env file changes are shown as keys, with the values of secret-looking keys masked.
   idempotent:
     support: full
-    description: When the files already match and every service runs the intended image, nothing changes.
+    description: When the files already match and every service runs the intended image, nothing changes (with or without O(start_first)).
 options:
   release:
     description: Switch back to this recorded release (its id).
@@ -53,8 +65,26 @@ options:
     description: For an upgrade, pull images that are not on the engine yet.
     type: bool
     default: true
+  start_first:
+    description:
+      - For a switch back (O(release)), services to switch by starting the new container beside the old one
+        (C(docker compose up -d --no-recreate --scale SERVICE=2 SERVICE)), waiting until it is healthy, or running
+        when it has no health check, and then stopping (with its stop signal and grace period) and removing the old one.
+        Compose labels stay as Compose writes them, so a later C(docker compose up -d) with the same files sees the
+        service as converged.
+      - Only for services that publish no host port and set no C(container_name) (two containers cannot share either);
+        the module refuses such a service before changing anything.
+      - Only for services that can run twice at once for a few seconds, typically stateless web services behind a reverse
+        proxy that finds them by their service name on the project network; never a database on its data volume.
+      - In-flight requests to the old container end when it stops; an app that drains on its stop signal loses none.
+      - A new container that does not become healthy within O(wait) is removed and the module fails; the old one keeps running.
+      - Services of the release that do not change are left alone either way; services not listed are recreated as Compose does
+        (stopped, then started), after the listed ones are switched.
+    type: list
+    elements: str
+    default: []
   wait:
-    description: Seconds allowed for C(docker compose up).
+    description: Seconds allowed for C(docker compose up), and for a new container of a O(start_first) service to become healthy.
     type: float
     default: 300
   lock_timeout:
@@ -81,6 +111,12 @@ EXAMPLES = r"""
   selfhost.rollback.switch:
     app: "{{ app }}"
     release: "{{ before.release_id }}"
+
+- name: Go back without downtime for the API behind the reverse proxy (it publishes no port)
+  selfhost.rollback.switch:
+    app: "{{ app }}"
+    release: "{{ before.release_id }}"
+    start_first: [api]
 """
 
 RETURN = r"""
@@ -105,12 +141,24 @@ services:
   returned: always
   type: dict
   sample: {app: {container_id: 3f2a9c1d0b7e, image_id: "sha256:78d6...", expected: "sha256:78d6...", ok: true}}
+recreated:
+  description: Services whose container was replaced (compared by container ID before and after); in check mode, those whose image would change.
+  returned: always
+  type: list
+  elements: str
+  sample: [app]
+started_first:
+  description: Services switched by starting the new container beside the old one (O(start_first)), or that would be in check mode.
+  returned: when O(release) is set
+  type: list
+  elements: str
 seconds:
   description: Time the switch took.
   returned: always
   type: float
 """
 
+import json
 import os
 import time
 import typing as t
@@ -132,7 +180,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     scrub,
     secret_values,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._images import load, plan_load
+from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError, atomic_write_bytes
 
 
@@ -143,6 +191,102 @@ def running_images(client: t.Any, app: dict[str, t.Any]) -> dict[str, dict[str, 
         if service and service not in out:
             out[service] = {"container_id": container.id[:12], "image_id": container.attrs.get("Image"), "state": container.status}
     return out
+
+
+def created_with(client: t.Any, app: dict[str, t.Any]) -> dict[str, str]:
+    """Per service, the image reference its running container was created with (what Compose hashed)."""
+    out: dict[str, str] = {}
+    for container in sorted(project_containers(client, app["project_name"], all_states=False), key=lambda c: c.name):
+        service = container.labels.get("com.docker.compose.service")
+        image = (container.attrs.get("Config") or {}).get("Image")
+        if service and image and service not in out:
+            out[service] = image
+    return out
+
+
+def resolves_to(client: t.Any, ref: str, image_id: str) -> bool:
+    image = get_image(client, ref)
+    return image is not None and image.id == image_id
+
+
+def override_images(client: t.Any, expected: dict[str, str], running: dict[str, dict[str, t.Any]],
+                    created: dict[str, str], in_files: dict[str, str], rows: list[dict[str, t.Any]]) -> dict[str, str]:
+    """The image line per service that runs exactly the release's images and recreates only what must change.
+
+    Compose recreates a container when the service's configuration hash changes, and the image
+    string is part of it. A service already on the release's image keeps the string its container
+    was created with (when that still names the same image here); the others get the image line of
+    the release's own files, the release's reference, or the image ID, the first that names the
+    image here. With the files' own line a later plain ``docker compose up -d`` changes nothing.
+    """
+    refs = {r["service"]: r for r in rows}
+    out: dict[str, str] = {}
+    for name, image_id in sorted(expected.items()):
+        live = running.get(name, {})
+        if live.get("image_id") == image_id and live.get("state") == "running" and name in created \
+                and resolves_to(client, created[name], image_id):
+            out[name] = created[name]
+        elif in_files.get(name) and resolves_to(client, in_files[name], image_id):
+            out[name] = in_files[name]
+        elif name in refs:
+            out[name] = run_reference(client, refs[name])
+        else:
+            out[name] = image_id
+    return out
+
+
+def check_start_first(app: dict[str, t.Any], config: dict[str, t.Any], names: list[str]) -> None:
+    """Refuse, in one sentence, a service that cannot run twice side by side."""
+    services = config.get("services") or {}
+    for name in names:
+        spec = services.get(name)
+        if spec is None:
+            raise OperatorError(f"app {app['name']}: start_first names {name}, which is not a service of the project "
+                                f"(services: {', '.join(sorted(services))}); nothing was changed")
+        ports = [str(p.get("published") or p.get("target")) if isinstance(p, dict) else str(p) for p in spec.get("ports") or []]
+        if ports:
+            raise OperatorError(f"app {app['name']}: service {name} publishes host port {ports[0]}, so its new container cannot "
+                                "start beside the old one; leave it out of start_first (it is then stopped and recreated); "
+                                "nothing was changed")
+        if spec.get("container_name"):
+            raise OperatorError(f"app {app['name']}: service {name} sets container_name {spec['container_name']}, so a second "
+                                "container cannot start beside the old one; leave it out of start_first; nothing was changed")
+
+
+def container_health(container: t.Any) -> tuple[str, str | None]:
+    container.reload()
+    state = container.attrs.get("State") or {}
+    return str(state.get("Status")), (state.get("Health") or {}).get("Status")
+
+
+def start_beside(client: t.Any, app: dict[str, t.Any], override: str, service: str, wait: float) -> None:
+    """Start the service's new container next to the old one, wait until it is healthy, then remove the old one."""
+    filters = {"label": [f"com.docker.compose.project={app['project_name']}", f"com.docker.compose.service={service}"]}
+    old = client.containers.list(filters=filters)
+    target = dict(app, compose_files=list(app["compose_files"]) + [override])
+    # --no-recreate keeps the old containers (and the dependencies) as they are; the added ones get the
+    # service's new configuration. Not --no-deps: it drops depends_on from the configuration Compose
+    # hashes, and the next plain 'up' would then recreate the new container.
+    Compose(target).run("up", "-d", "--no-recreate", "--pull", "never", "--scale", f"{service}={2 * len(old)}",
+                        service, timeout=wait, what=f"starting the new {service} container beside the old one")
+    old_ids = {c.id for c in old}
+    new = [c for c in client.containers.list(all=True, filters=filters) if c.id not in old_ids]
+    deadline = time.monotonic() + wait
+    while True:
+        states = [container_health(c) for c in new]
+        if new and all(state == "running" and health in (None, "healthy") for state, health in states):
+            break
+        if not new or time.monotonic() > deadline or any(s in ("exited", "dead") or h == "unhealthy" for s, h in states):
+            for container in new:
+                container.remove(force=True)
+            seen = ", ".join(f"{s}/{h}" if h else s for s, h in states) or "no container"
+            raise OperatorError(f"app {app['name']}: the new {service} container did not become healthy ({seen}) within "
+                                f"{wait:g} s; it was removed and the old one keeps running; see its logs with "
+                                f"'docker compose logs {service}' after running it by hand")
+        time.sleep(0.1)
+    for container in old:
+        container.stop()  # the container's own stop signal and grace period, as Compose would
+        container.remove()
 
 
 def env_diff(before: bytes, after: bytes) -> list[str]:
@@ -242,29 +386,56 @@ def switch_back(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, cl
                             + ", ".join(f"{r['service']} ({r['ref']})" for r in missing) + "; nothing was changed")
     expected = {name: s["image_id"] for name, s in (record.get("services") or {}).items()}
     running = running_images(client, app)
+    before_ids = {n: s.get("container_id") for n, s in running.items()}
     mismatched = sorted(n for n, i in expected.items()
                         if running.get(n, {}).get("image_id") != i or running.get(n, {}).get("state") != "running")
+    start_first = list(dict.fromkeys(module.params["start_first"] or []))
+    if start_first:
+        check_start_first(app, Compose(app).config(), start_first)
+    beside = [n for n in start_first if n in mismatched and running.get(n, {}).get("state") == "running"]
+    recreate = [n for n in mismatched if n not in beside]
     actions = [f"write {rel}" for rel in changed_files]
     actions += [f"{r['source']} image for {r['service']}" for r in rows if r["source"] in ("registry", "archive")]
-    if changed_files or mismatched:
-        actions.append("docker compose up -d --pull never on the release's images" + (f" (recreates {', '.join(mismatched)})" if mismatched else ""))
+    actions += [f"start {n} beside its old container, wait until it is healthy, remove the old one" for n in beside]
+    if changed_files or recreate:
+        actions.append("docker compose up -d --pull never on the release's images" + (f" (recreates {', '.join(recreate)})" if recreate else ""))
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": changed_files, "images": rows,
+                                "recreated": recreate, "started_first": beside,
                                 "diff": diff_of(app, changed_files, current, wanted)}
     if not actions or module.check_mode:
         result["services"] = {n: dict(running.get(n, {}), expected=i, ok=running.get(n, {}).get("image_id") == i)
                               for n, i in expected.items()}
+        if not actions:
+            result["recreated"] = []
         return result
+    created = created_with(client, app)
     with ledger.lock(module.params["lock_timeout"], purpose=f"switching to release {release_id}"):
         load(client, docker_cli(), ledger, record, rows)
         for rel in changed_files:
             _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
         app = validate_app(module.params["app"])  # the compose files may have changed
+        config = Compose(app).config()
+        if beside:
+            try:
+                check_start_first(app, config, beside)  # the release's files may publish a port the live ones do not
+            except OperatorError:
+                for rel in changed_files:
+                    if rel in current:
+                        _project.write_project_file(os.path.join(app["project_dir"], rel), current[rel])
+                    else:
+                        os.remove(os.path.join(app["project_dir"], rel))
+                raise
         override = ledger.path("switch-override.yml")
+        in_files = {n: str(s.get("image")) for n, s in (config.get("services") or {}).items() if s.get("image")}
+        images = override_images(client, expected, running, created, in_files, rows)
         lines = ["# written by selfhost.rollback.switch: run the release's exact images", "services:"]
-        lines += [f"  {name}:\n    image: {image_id}" for name, image_id in sorted(expected.items())]
+        lines += [f"  {name}:\n    image: {json.dumps(ref)}" for name, ref in sorted(images.items())]
         atomic_write_bytes(override, ("\n".join(lines) + "\n").encode())
+        for name in beside:
+            start_beside(client, app, override, name, module.params["wait"])
         bring_up(app, override, "never", module.params["wait"])
     running = running_images(client, app)
+    result["recreated"] = sorted(n for n, s in running.items() if s.get("container_id") != before_ids.get(n) and n not in beside)
     services = {n: dict(running.get(n, {}), expected=i, ok=running.get(n, {}).get("image_id") == i) for n, i in expected.items()}
     wrong = [f"{n} runs {s.get('image_id')}" for n, s in services.items() if not s["ok"]]
     if wrong:
@@ -275,6 +446,8 @@ def switch_back(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, cl
 
 
 def switch_forward(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, client: t.Any) -> dict[str, t.Any]:
+    if module.params["start_first"]:
+        raise OperatorError(f"app {app['name']}: start_first applies to a switch back (release); an upgrade recreates its services")
     wanted = forward_files(module, app)
     changed_files, current = plan_files(app, wanted)
     running = running_images(client, app)
@@ -302,6 +475,7 @@ def main() -> None:
             env={"type": "dict"},
             compose_src={"type": "path"},
             unpin={"type": "bool", "default": True},
+            start_first={"type": "list", "elements": "str", "default": []},
             pull={"type": "bool", "default": True},
             wait={"type": "float", "default": 300},
             lock_timeout={"type": "float", "default": 60},
