@@ -93,7 +93,7 @@ health:
   sample: {url: "http://127.0.0.1:8080/healthz", status: 200, ok: true, body: {status: ok, version: "1.0"}, ms: 4.1}
 outcome:
   description:
-    - V(unchanged): this module only reads.
+    - Always V(unchanged), as this module only reads.
     - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
   returned: always
   type: str

@@ -156,7 +156,7 @@ notices:
   elements: str
 outcome:
   description:
-    - V(changed): a set was written (or, in check mode, would be).
+    - V(changed) when a set was written (or, in check mode, would be).
     - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
   returned: always
   type: str

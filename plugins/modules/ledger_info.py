@@ -88,7 +88,7 @@ apps:
       interrupted_drill: null
 outcome:
   description:
-    - V(unchanged): this module only reads.
+    - Always V(unchanged), as this module only reads.
     - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
   returned: always
   type: str

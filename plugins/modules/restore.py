@@ -144,7 +144,8 @@ timings:
   sample: {"volume:uploads": 0.05, "database:db-notes": 1.9, "health": 2.1, "total": 9.8}
 outcome:
   description:
-    - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place. V(unchanged) also when the target still holds the set as restored.
+    - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place.
+    - V(unchanged) also when the target still holds the set as restored (and O(force=false)).
     - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
   returned: always
   type: str

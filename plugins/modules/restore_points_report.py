@@ -100,7 +100,8 @@ rows:
   sample: ["host1 notes r-20261122T021836Z-d1cd5945 green: drill passed 3 h ago; restore 4.2 s, boot 2.9 s, healthy 1.1 s"]
 outcome:
   description:
-    - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place. The report's own verdict is RV(mark).
+    - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place.
+    - The report's own verdict is RV(mark).
     - V(failed) when the module could not do its work (the task fails with the same sentence in RV(reasons)).
   returned: always
   type: str
