@@ -34,6 +34,7 @@ attributes:
     description: Transitions are computed and returned, nothing is written.
   diff_mode:
     support: none
+    description: A journal is a record, not a file an operator edits; RV(operation) shows it whole.
   idempotent:
     support: partial
     description: O(state=inspect) never changes anything; every other state records a new fact about an operation.
@@ -158,16 +159,17 @@ run:
   type: dict
 """
 
+import contextlib
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _operation
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, app_argument_spec
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, AppError, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import secret_values
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
-def inspect(module: AnsibleModule, ledger: Ledger) -> dict[str, t.Any]:
+def inspect(module: AppModule, ledger: Ledger) -> dict[str, t.Any]:
     journal = _operation.pending(ledger)
     current = (ledger.read(_operation.CURRENT) or {}).get("release_id")
     result: dict[str, t.Any] = {
@@ -180,7 +182,7 @@ def inspect(module: AnsibleModule, ledger: Ledger) -> dict[str, t.Any]:
     return result
 
 
-def transition(module: AnsibleModule, ledger: Ledger) -> dict[str, t.Any]:
+def transition(module: AppModule, ledger: Ledger) -> dict[str, t.Any]:
     params = module.params
     owner = params["run_owner"] or {}
     write = not module.check_mode
@@ -204,44 +206,45 @@ def transition(module: AnsibleModule, ledger: Ledger) -> dict[str, t.Any]:
             "operation": record, "pending": None if state == "close" else record}
 
 
+def operate(module: AppModule) -> dict[str, t.Any]:
+    params = module.params
+    if not APP_NAME_RE.match(module.name or ""):
+        raise AppError(f"app name {module.name!r} is not usable: use lower-case letters, digits, '-' and '_'")
+    # the journal needs only the ledger, so that a broken project never blocks recovery; the project, when it
+    # is there, gives the env file's secrets that no record or message may carry
+    with contextlib.suppress(AppError, OSError, UnicodeDecodeError):
+        module.add_secrets(*secret_values(validate_app(params["app"])))
+    ledger = Ledger(params["store"], module.name)
+    if params["state"] == "inspect":
+        return inspect(module, ledger)
+    if not params["run_owner"]:
+        raise _operation.OperationError("the run's identity is missing: call this module as a task (its action "
+                                        "plugin names the run), not with ansible -m")
+    with ledger.lock(params["lock_timeout"], purpose=f"operation {params['state']}"):
+        result = transition(module, ledger)
+    if params["report_failure"] and params["state"] == "close":
+        module.fail(_operation.failure_sentence(result["operation"]), **result)
+    return result
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            state={"type": "str", "choices": ["inspect", "open", "advance", "adopt", "close"], "default": "inspect"},
-            kind={"type": "str", "choices": ["upgrade", "rollback"]},
-            op_id={"type": "str"},
-            phase={"type": "str"},
-            outcome={"type": "str"},
-            fields={"type": "dict", "default": {}},
-            report_failure={"type": "bool", "default": False},
-            run_id={"type": "str"},
-            take_over={"type": "bool", "default": False},
-            run_owner={"type": "dict"},
-            lock_timeout={"type": "float", "default": 60},
-        ),
-        supports_check_mode=True,
+    module = AppModule(
+        {
+            "state": {"type": "str", "choices": ["inspect", "open", "advance", "adopt", "close"], "default": "inspect"},
+            "kind": {"type": "str", "choices": ["upgrade", "rollback"]},
+            "op_id": {"type": "str"},
+            "phase": {"type": "str"},
+            "outcome": {"type": "str"},
+            "fields": {"type": "dict", "default": {}},
+            "report_failure": {"type": "bool", "default": False},
+            "run_id": {"type": "str"},
+            "take_over": {"type": "bool", "default": False},
+            "run_owner": {"type": "dict"},
+            "lock_timeout": {"type": "float", "default": 60},
+        },
+        docker=False,
     )
-    name = module.params["app"]["name"]
-    if not APP_NAME_RE.match(name):
-        module.fail_json(msg=f"app name {name!r} is not usable: use lower-case letters, digits, '-' and '_'",
-                         outcome="failed", reasons=[])
-    ledger = Ledger(module.params["store"], name)
-    try:
-        if module.params["state"] == "inspect":
-            result = inspect(module, ledger)
-        else:
-            if not module.params["run_owner"]:
-                raise _operation.OperationError("the run's identity is missing: call this module as a task (its action "
-                                                "plugin names the run), not with ansible -m")
-            with ledger.lock(module.params["lock_timeout"], purpose=f"operation {module.params['state']}"):
-                result = transition(module, ledger)
-    except (LedgerError, OSError) as exc:
-        module.fail_json(msg=f"app {name}: the operation journal could not be {module.params['state']}ed: {exc}"
-                         if isinstance(exc, OSError) else str(exc), outcome="failed", reasons=[str(exc)])
-    if module.params["report_failure"] and module.params["state"] == "close":
-        record = result["operation"]
-        module.fail_json(msg=_operation.failure_sentence(record), **result)
-    module.exit_json(**result)
+    module.run(operate)
 
 
 if __name__ == "__main__":

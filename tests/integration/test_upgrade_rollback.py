@@ -92,6 +92,20 @@ def test_upgrade_then_rollback_with_data_and_notes(demo_app, run_playbook, tmp_p
     assert second.rc == 0 and second.changed() == [], second.changed()
     assert demo_app.wait_healthy(timeout=5)["version"] == "1.1"
 
+    # rollback, drill and report agree on "previous" now: the release 1.0 ran as, before the first upgrade
+    records = sorted((json.loads(p.read_text()) for p in (ledger(demo_app) / "operations").glob("*.json")),
+                     key=lambda r: r["op_id"])
+    previous = records[0]["release_before"]
+    assert records[0]["kind"] == "upgrade" and previous
+    assert f"to go further back, run with rollback_target={previous}" in second.task("Show the gate's table")["result"]["msg"][-1]
+    drill = run_playbook("selfhost.rollback.drill", inventory=inventory, check=True)
+    assert drill.rc == 0, drill.stdout[-3000:]
+    assert drill.task("Rehearse the rollback in an isolated copy")["result"]["release_id"] == previous
+    report = run_playbook("selfhost.rollback.report", {"report_dest": str(tmp_path / "report")}, inventory=inventory)
+    assert report.rc == 0, report.stdout[-3000:]
+    model = json.loads((tmp_path / "report" / "restore-points.json").read_text())
+    assert model["hosts"][0]["apps"][0]["rollback_to"] == previous
+
 
 def test_killed_upgrade_converges_and_blocked_rollback_refuses(demo_app, run_playbook, tmp_path):
     inventory = inventory_for(demo_app, tmp_path)
