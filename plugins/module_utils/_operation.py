@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
@@ -161,7 +162,7 @@ def open_operation(ledger: Ledger, kind: str, owner: dict[str, t.Any], fields: d
         raise OperationError(f"app {ledger.app}: a {kind} needs the release it returns to on failure (return_to)")
     record = {key: value for key, value in fields.items() if value is not None}
     record.update({"op_id": f"{_stamp()}-{kind}", "kind": kind, "app": ledger.app, "started_at": _now(),
-                   "phase": PHASES[kind][0], "owner": owner})
+                   "started_ts": round(time.time(), 3), "phase": PHASES[kind][0], "owner": owner})
     if write:
         ledger.write(JOURNAL, record)
     return record
@@ -222,6 +223,10 @@ def close(ledger: Ledger, op_id: str | None, owner: dict[str, t.Any], outcome: s
     record = dict(journal)
     record.update({k: v for k, v in fields.items() if v is not None})
     record.update({"phase": "done", "outcome": outcome, "finished_at": _now()})
+    if isinstance(journal.get("started_ts"), (int, float)):
+        figures = dict(record.get("figures") or {})
+        figures["seconds"] = round(time.time() - journal["started_ts"], 2)  # the whole operation, as the operator waited
+        record["figures"] = figures
     if not write:
         return record
     ledger.write(os.path.join("operations", record["op_id"] + ".json"), record)

@@ -37,6 +37,7 @@ def test_an_upgrade_opens_advances_and_closes(ledger):
     record_release(ledger, "B", "2026-01-01T00:01:00Z")  # inside the operation: the close moves the history
     done = _operation.close(ledger, op["op_id"], ME, "upgraded", {"release_after": "B"})
     assert done["phase"] == "done" and done["switch_s"] == 1.5 and done["finished_at"]
+    assert 0 <= done["figures"]["seconds"] < 60
     assert _operation.pending(ledger) is None
     assert json.loads(open(ledger.path("operations", op["op_id"] + ".json")).read())["outcome"] == "upgraded"
     assert _operation.last(ledger)["op_id"] == op["op_id"]
