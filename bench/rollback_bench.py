@@ -218,7 +218,7 @@ def main() -> None:
             # to 1.1 with the collection (records releases, backups, baselines; not timed, and not judged on
             # latency: on a busy host that is noise, and this step only sets the stage)
             project.playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}, "upgrade_max_backup_age": 0,
-                                                       "upgrade_max_p99_ratio": 0})
+                                                           "upgrade_max_p99_ratio": 0})
             wait_healthy(project.url, "1.1")
             before = project.container_ids()
             rollbacks.append(measure(project.url, "1.0", args.hz, lambda: project.playbook("selfhost.rollback.rollback")))

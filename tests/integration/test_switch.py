@@ -176,7 +176,7 @@ def test_start_first_switches_a_portless_service_without_a_failed_probe(demo_pro
     after = demo_project.container_ids()
     assert after["db"] == before[0]["db"] and after["api"] != before[0]["api"]
     api = docker_client.containers.list(all=True, filters={"label": [f"com.docker.compose.project={demo_project.name}",
-                                                                      "com.docker.compose.service=api"]})
+                                                                     "com.docker.compose.service=api"]})
     assert [c.attrs["Image"] for c in api] == [r10["release"]["services"]["api"]["image_id"]]  # one container, on 1.0
     assert old_api.id not in [c.id for c in docker_client.containers.list(all=True)]
     assert all(s["ok"] for s in result["services"].values()), result["services"]
