@@ -20,15 +20,13 @@ import subprocess
 import traceback
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
 try:
     import docker
     from docker.errors import DockerException
 
     HAS_DOCKER = True
     DOCKER_IMPORT_ERROR = None
-except ImportError:  # the module reports it with missing_required_lib
+except ImportError:  # the module skeleton (_module.AppModule) reports it with missing_required_lib
     HAS_DOCKER = False
     DOCKER_IMPORT_ERROR = traceback.format_exc()
 
@@ -83,17 +81,6 @@ def canonical_json(data: t.Any) -> bytes:
 def salted_hash(value: str, salt: bytes) -> str:
     """Fingerprint of a secret-bearing value: comparable between releases, not reversible."""
     return "hmac-sha256:" + hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def fail(module: AnsibleModule, msg: str, **result: t.Any) -> t.NoReturn:
-    """Fail with ``msg``; ``result`` is passed through the module's no_log filter."""
-    module.fail_json(msg=msg, **result)
-    raise SystemExit(1)  # unreachable: fail_json exits; keeps type checkers honest
-
-
-def require_docker_sdk(module: AnsibleModule) -> None:
-    if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker (the Docker SDK for Python)"), exception=DOCKER_IMPORT_ERROR)
 
 
 def docker_client(timeout: int = 120) -> t.Any:

@@ -156,6 +156,22 @@ seconds:
   description: Time the switch took.
   returned: always
   type: float
+outcome:
+  description:
+    - V(changed) when files were written or containers recreated or started (in check mode, would be), V(unchanged) when the
+      files already matched and every service ran the intended image.
+    - V(failed) when the switch could not be done (the task fails with the same sentence in RV(reasons)).
+  returned: always
+  type: str
+  sample: changed
+reasons:
+  description:
+    - Sentences behind RV(outcome); empty when there is nothing to add.
+    - On a failure, the sentence that says what failed, on which app, and what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import json
@@ -163,45 +179,41 @@ import os
 import time
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.selfhost.rollback.plugins.module_utils import _project
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
-    DockerException,
     OperatorError,
     docker_cli,
-    docker_client,
     is_secret,
     parse_env_text,
     project_containers,
-    require_docker_sdk,
-    scrub,
-    secret_values,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError, atomic_write_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def running_images(client: t.Any, app: dict[str, t.Any]) -> dict[str, dict[str, t.Any]]:
-    out: dict[str, dict[str, t.Any]] = {}
+    """Per service, its container (a running one first), the image it runs and its state."""
+    return project_images(client, app)[0]
+
+
+def project_images(client: t.Any, app: dict[str, t.Any]) -> tuple[dict[str, dict[str, t.Any]], dict[str, str]]:
+    """One listing of the project's containers: what :func:`running_images` says, and per service the image
+    reference its running container was created with (what Compose hashed)."""
+    running: dict[str, dict[str, t.Any]] = {}
+    created: dict[str, str] = {}
     for container in sorted(project_containers(client, app["project_name"]), key=lambda c: (c.status != "running", c.name)):
         service = container.labels.get("com.docker.compose.service")
-        if service and service not in out:
-            out[service] = {"container_id": container.id[:12], "image_id": container.attrs.get("Image"), "state": container.status}
-    return out
-
-
-def created_with(client: t.Any, app: dict[str, t.Any]) -> dict[str, str]:
-    """Per service, the image reference its running container was created with (what Compose hashed)."""
-    out: dict[str, str] = {}
-    for container in sorted(project_containers(client, app["project_name"], all_states=False), key=lambda c: c.name):
-        service = container.labels.get("com.docker.compose.service")
+        if not service:
+            continue
+        if service not in running:
+            running[service] = {"container_id": container.id[:12], "image_id": container.attrs.get("Image"), "state": container.status}
         image = (container.attrs.get("Config") or {}).get("Image")
-        if service and image and service not in out:
-            out[service] = image
-    return out
+        if container.status == "running" and image and service not in created:
+            created[service] = image
+    return running, created
 
 
 def resolves_to(client: t.Any, ref: str, image_id: str) -> bool:
@@ -314,7 +326,7 @@ def plan_files(app: dict[str, t.Any], wanted: dict[str, bytes]) -> tuple[list[st
     return changed, current
 
 
-def forward_files(module: AnsibleModule, app: dict[str, t.Any]) -> dict[str, bytes]:
+def forward_files(module: AppModule, app: dict[str, t.Any]) -> dict[str, bytes]:
     """The project files after the upgrade; pins are lifted only when something else changes."""
     params = module.params
     files = _project.read_files(_project.project_files(app))
@@ -358,7 +370,8 @@ def bring_up(app: dict[str, t.Any], extra_file: str | None, pull: str, wait: flo
     Compose(target).run("up", "-d", "--remove-orphans", "--pull", pull, timeout=wait, what="bringing the project up")
 
 
-def switch_back(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, client: t.Any) -> dict[str, t.Any]:
+def switch_back(module: AppModule) -> dict[str, t.Any]:
+    app, ledger, client = module.app, module.ledger, module.client
     release_id = module.params["release"]
     record = ledger.read(os.path.join("releases", release_id + ".json"))
     if record is None:
@@ -385,7 +398,7 @@ def switch_back(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, cl
         raise OperatorError(f"app {app['name']}: images of release {release_id} are not available anywhere: "
                             + ", ".join(f"{r['service']} ({r['ref']})" for r in missing) + "; nothing was changed")
     expected = {name: s["image_id"] for name, s in (record.get("services") or {}).items()}
-    running = running_images(client, app)
+    running, created = project_images(client, app)
     before_ids = {n: s.get("container_id") for n, s in running.items()}
     mismatched = sorted(n for n, i in expected.items()
                         if running.get(n, {}).get("image_id") != i or running.get(n, {}).get("state") != "running")
@@ -408,8 +421,8 @@ def switch_back(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, cl
         if not actions:
             result["recreated"] = []
         return result
-    created = created_with(client, app)
-    with ledger.lock(module.params["lock_timeout"], purpose=f"switching to release {release_id}"):
+    module.result.update(actions=actions, files_changed=changed_files, images=rows)  # what a failure from here on reports
+    with module.lock(f"switching to release {release_id}"):
         load(client, docker_cli(), ledger, record, rows)
         for rel in changed_files:
             _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
@@ -439,18 +452,20 @@ def switch_back(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, cl
     services = {n: dict(running.get(n, {}), expected=i, ok=running.get(n, {}).get("image_id") == i) for n, i in expected.items()}
     wrong = [f"{n} runs {s.get('image_id')}" for n, s in services.items() if not s["ok"]]
     if wrong:
+        module.result.update(services=services, recreated=result["recreated"])
         raise OperatorError(f"app {app['name']}: after the switch to {release_id} not every service runs the release's image: "
                             + "; ".join(wrong))
     result["services"] = services
     return result
 
 
-def switch_forward(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger, client: t.Any) -> dict[str, t.Any]:
+def switch_forward(module: AppModule) -> dict[str, t.Any]:
+    app = module.app
     if module.params["start_first"]:
         raise OperatorError(f"app {app['name']}: start_first applies to a switch back (release); an upgrade recreates its services")
     wanted = forward_files(module, app)
     changed_files, current = plan_files(app, wanted)
-    running = running_images(client, app)
+    running = running_images(module.client, app)
     stopped = [n for n, s in running.items() if s["state"] != "running"]
     actions = [f"write {rel}" for rel in changed_files]
     if changed_files or stopped or not running:
@@ -458,53 +473,42 @@ def switch_forward(module: AnsibleModule, app: dict[str, t.Any], ledger: Ledger,
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": changed_files,
                                 "diff": diff_of(app, changed_files, current, wanted)}
     if actions and not module.check_mode:
-        with ledger.lock(module.params["lock_timeout"], purpose="switching to a new version"):
+        module.result.update(actions=actions, files_changed=changed_files)  # what a failure from here on reports
+        with module.lock("switching to a new version"):
             for rel in changed_files:
                 _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
             app = validate_app(module.params["app"])
             bring_up(app, None, "missing" if module.params["pull"] else "never", module.params["wait"])
-        running = running_images(client, app)
+        running = running_images(module.client, app)
     result["services"] = running
     return result
 
 
+def switch(module: AppModule) -> dict[str, t.Any]:
+    began = time.monotonic()
+    result = switch_back(module) if module.params["release"] else switch_forward(module)
+    result["seconds"] = round(time.monotonic() - began, 3)
+    if not module.diff_mode:
+        result.pop("diff", None)
+    return result
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=app_argument_spec(
-            release={"type": "str"},
-            env={"type": "dict"},
-            compose_src={"type": "path"},
-            unpin={"type": "bool", "default": True},
-            start_first={"type": "list", "elements": "str", "default": []},
-            pull={"type": "bool", "default": True},
-            wait={"type": "float", "default": 300},
-            lock_timeout={"type": "float", "default": 60},
-        ),
+    module = AppModule(
+        {
+            "release": {"type": "str"},
+            "env": {"type": "dict"},
+            "compose_src": {"type": "path"},
+            "unpin": {"type": "bool", "default": True},
+            "start_first": {"type": "list", "elements": "str", "default": []},
+            "pull": {"type": "bool", "default": True},
+            "wait": {"type": "float", "default": 300},
+            "lock_timeout": {"type": "float", "default": 60},
+        },
         mutually_exclusive=[("release", "env"), ("release", "compose_src")],
         required_one_of=[("release", "env", "compose_src")],
-        supports_check_mode=True,
     )
-    require_docker_sdk(module)
-    name = module.params["app"]["name"]
-    began = time.monotonic()
-    secrets: list[str] = []
-    try:
-        app = validate_app(module.params["app"])
-        secrets = secret_values(app)
-        ledger = Ledger(module.params["store"], name)
-        client = docker_client()
-        if module.params["release"]:
-            result = switch_back(module, app, ledger, client)
-        else:
-            result = switch_forward(module, app, ledger, client)
-    except (AppError, OperatorError, LedgerError) as exc:
-        module.fail_json(msg=str(scrub(str(exc), secrets)))
-    except DockerException as exc:
-        module.fail_json(msg=f"app {name}: the Docker Engine refused a request ({exc}); check that dockerd is running")
-    result["seconds"] = round(time.monotonic() - began, 3)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**scrub(result, secrets))
+    module.run(switch)
 
 
 if __name__ == "__main__":
