@@ -11,12 +11,15 @@ and everything stored is scrubbed of the env file's secret-looking values.
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
 import subprocess
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
+    DockerException,
     OperatorError,
     canonical_json,
     iso,
@@ -145,8 +148,6 @@ def _template_or_hash(value: t.Any, salt: bytes) -> t.Any:
 
 def _structure(compose: Compose, salt: bytes) -> dict[str, t.Any]:
     """The merged project without interpolation; literal environment values (e.g. from env_file) hashed."""
-    import json
-
     proc = compose.run("config", "--no-interpolate", "--format", "json", what="reading the compose files")
     try:
         config = json.loads(proc.stdout)
@@ -161,65 +162,83 @@ def _structure(compose: Compose, salt: bytes) -> dict[str, t.Any]:
 
 
 def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: list[str]) -> dict[str, t.Any]:
-    """Everything a release holds, read from the host (no timestamps, no ids)."""
+    """Everything a release holds, read from the host (no timestamps, no ids).
+
+    The three Compose CLI calls (the project interpolated and not, the plugin's version) run
+    side by side in threads while this thread asks the engine; failures are raised in the order
+    the reads were made one after the other, so the operator sees the same first sentence.
+    """
     compose = Compose(app)
-    config = compose.config()  # validates and interpolates; values stay in memory only
-    containers = project_containers(client, app["project_name"])
-    if not any(c.status == "running" for c in containers):
-        raise OperatorError(
-            f"app {app['name']}: no container of Compose project {app['project_name']} is running; "
-            "a release records the running state, so deploy the app (docker compose up -d) and record again"
-        )
-    by_service: dict[str, t.Any] = {}
-    for container in sorted(containers, key=lambda c: (c.status != "running", c.name)):
-        by_service.setdefault(container.labels.get("com.docker.compose.service"), container)
-
-    services: dict[str, dict[str, t.Any]] = {}
-    for name, service in sorted((config.get("services") or {}).items()):
-        ref = service.get("image") or f"{app['project_name']}-{name}"
-        container = by_service.get(name)
-        found = resolve(client, ref, container.attrs.get("Image") if container is not None else None)
-        if found is None:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        config_read = pool.submit(compose.config)  # validates and interpolates; values stay in memory only
+        structure_read = pool.submit(_structure, compose, salt)
+        version_read = pool.submit(compose.version)
+        containers = project_containers(client, app["project_name"])
+        config = config_read.result()
+        if not any(c.status == "running" for c in containers):
             raise OperatorError(
-                f"app {app['name']}: service {name} has no container and its image {ref} is not on this engine; "
-                "deploy the app (docker compose up -d) or pull the image, then record again"
+                f"app {app['name']}: no container of Compose project {app['project_name']} is running; "
+                "a release records the running state, so deploy the app (docker compose up -d) and record again"
             )
-        env = service.get("environment") or {}
-        services[name] = {
-            "image_ref": ref,
-            "image_id": found["image_id"],
-            "repo_digest": found["repo_digest"],
-            "pinned_ref": pinned_reference(ref, found["repo_digest"]) if found["repo_digest"] else None,
-            "source": "registry" if found["repo_digest"] else "local",
-            "build": "build" in service,
-            "environment": fingerprint(env if isinstance(env, dict) else {}, salt),
-        }
+        by_service: dict[str, t.Any] = {}
+        for container in sorted(containers, key=lambda c: (c.status != "running", c.name)):
+            by_service.setdefault(container.labels.get("com.docker.compose.service"), container)
 
-    files = []
-    for path in app["compose_files"]:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        rel = os.path.relpath(path, app["project_dir"])
-        files.append({"path": path if rel.startswith("..") else rel, "sha256": sha256_bytes(raw),
-                      "content": raw.decode("utf-8", errors="replace")})
+        services: dict[str, dict[str, t.Any]] = {}
+        for name, service in sorted((config.get("services") or {}).items()):
+            ref = service.get("image") or f"{app['project_name']}-{name}"
+            container = by_service.get(name)
+            found = resolve(client, ref, container.attrs.get("Image") if container is not None else None)
+            if found is None:
+                raise OperatorError(
+                    f"app {app['name']}: service {name} has no container and its image {ref} is not on this engine; "
+                    "deploy the app (docker compose up -d) or pull the image, then record again"
+                )
+            env = service.get("environment") or {}
+            services[name] = {
+                "image_ref": ref,
+                "image_id": found["image_id"],
+                "repo_digest": found["repo_digest"],
+                "pinned_ref": pinned_reference(ref, found["repo_digest"]) if found["repo_digest"] else None,
+                "source": "registry" if found["repo_digest"] else "local",
+                "build": "build" in service,
+                "environment": fingerprint(env if isinstance(env, dict) else {}, salt),
+            }
 
-    version = client.version()
-    volumes = {key: (value or {}).get("name", key) for key, value in sorted((config.get("volumes") or {}).items())}
+        files = []
+        for path in app["compose_files"]:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+            rel = os.path.relpath(path, app["project_dir"])
+            files.append({"path": path if rel.startswith("..") else rel, "sha256": sha256_bytes(raw),
+                          "content": raw.decode("utf-8", errors="replace")})
+
+        version = client.version()
+        volumes = {key: (value or {}).get("name", key) for key, value in sorted((config.get("volumes") or {}).items())}
+        schema_failure: Exception | None = None
+        try:
+            schema = schema_version(client, app)
+        except (OperatorError, DockerException) as exc:  # raised after the Compose reads that came before it
+            schema, schema_failure = None, exc
+        structure = structure_read.result()
+        compose_version = version_read.result()
+    if schema_failure is not None:
+        raise schema_failure
     state = {
         "compose": {
             "project_name": app["project_name"],
             "files": files,
             "env_file": os.path.basename(app["env_file"]) if os.path.isfile(app["env_file"]) else None,
-            "config": _structure(compose, salt),
+            "config": structure,
         },
         "services": services,
         "config_fingerprint": fingerprint(read_env_file(app["env_file"]), salt),
         "runtime": {
             "engine_version": version.get("Version"),
             "api_version": version.get("ApiVersion"),
-            "compose_version": compose.version(),
+            "compose_version": compose_version,
         },
-        "schema_version": schema_version(client, app),
+        "schema_version": schema,
         "artifacts": {a["name"]: artifact_digest(app, a) for a in app.get("artifacts") or []},
         "volumes": volumes,
     }

@@ -149,9 +149,7 @@ import shutil
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _gate, _operation
-from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError, secret_values, service_container, utcnow
-from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import count_rows
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
@@ -190,6 +188,8 @@ def _archive_for(ledger: Ledger, image_id: str) -> str | None:
 def live_counts(client: t.Any, app: dict[str, t.Any], item: dict[str, t.Any]) -> dict[str, int] | None:
     if item.get("engine") not in ("postgres", "mysql", "mariadb", "sqlite"):
         return None
+    from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import count_rows
+
     try:
         container = service_container(client, app, item["service"])
         database = {"engine": item["engine"], "database": item["database"], "user": item.get("user"), "path": item.get("path")}
@@ -221,6 +221,18 @@ def data_loss(client: t.Any, app: dict[str, t.Any], entry: dict[str, t.Any], now
     loss["summary"] = (f"everything written in the last {_gate.human_age(loss['seconds'])}"
                        + (f" ({'; '.join(parts)})" if parts else ""))
     return loss
+
+
+def window_of(entry: dict[str, t.Any], sets: list[dict[str, t.Any]], keep_last: int | None, keep_within: int | None) -> dict[str, t.Any]:
+    """When the retention rules will prune the restore point."""
+    window = _gate.window_closes(entry, sets, keep_last, keep_within)
+    parts = []
+    if "removed_after_sets" in window:
+        parts.append(f"pruned after {window['removed_after_sets']} more backup(s)")
+    if "removed_after" in window:
+        parts.append(f"pruned after {window['removed_after']}")
+    return check("warn" if window.get("removed_after_sets") == 1 else "ok", "window",
+                 "restore point " + ("; ".join(parts) if parts else "kept until retention rules are given"), **window)
 
 
 def space_check(client: t.Any, ledger: Ledger, entry: dict[str, t.Any] | None, margin: float) -> dict[str, t.Any]:
@@ -265,9 +277,13 @@ def judge(module: AppModule) -> dict[str, t.Any]:
     checks.append(image_check(client, ledger, target, params["allow_pull"]))
 
     relation, why = _gate.schema_relation(live.get("schema_version"), target.get("schema_version"), additive)
-    sets = list_sets(ledger)
-    restore_entry, loss = None, None
+    restore_entry, loss, restore_set, window_check = None, None, None, None
     if relation == "older_code":
+        # the backup layer (and what it imports) is loaded only when the data must come back:
+        # an image-only rollback asks the engine and nothing else
+        from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
+
+        sets = list_sets(ledger)
         candidates = _gate.restore_candidates(sets, target, history, additive)
         verified = [e for e in candidates if is_verified(e)]
         if verified:
@@ -277,6 +293,10 @@ def judge(module: AppModule) -> dict[str, t.Any]:
             checks.append(check("restore", "schema", f"{why}; restore verified set {restore_entry['set_id']} "
                                 f"(taken {_gate.human_age(loss['seconds'])} ago under {summary['release_id']}); "
                                 f"lost: {loss['summary']}", live=live.get("schema_version"), target=target.get("schema_version")))
+            restore_set = {"set_id": restore_entry["set_id"], "created_at": summary["created_at"], "age_s": loss["seconds"],
+                           "release_id": summary["release_id"], "schema_version": summary["schema_version"], "bytes": summary["bytes"]}
+            keep_within = int(parse_duration(params["keep_within"]).total_seconds()) if params["keep_within"] else None
+            window_check = window_of(restore_entry, sets, params["keep_last"], keep_within)
         else:
             unverified = [e["set_id"] for e in candidates]
             detail = (f"{why}, and no verified backup set taken under {target['release_id']} (or on a schema it runs on) exists"
@@ -310,25 +330,12 @@ def judge(module: AppModule) -> dict[str, t.Any]:
     else:
         checks.append(check("ok", "config drift", "same keys and values as the target", **drift))
 
-    if restore_entry is not None:
-        keep_within = int(parse_duration(params["keep_within"]).total_seconds()) if params["keep_within"] else None
-        window = _gate.window_closes(restore_entry, sets, params["keep_last"], keep_within)
-        parts = []
-        if "removed_after_sets" in window:
-            parts.append(f"pruned after {window['removed_after_sets']} more backup(s)")
-        if "removed_after" in window:
-            parts.append(f"pruned after {window['removed_after']}")
-        checks.append(check("warn" if window.get("removed_after_sets") == 1 else "ok", "window",
-                            "restore point " + ("; ".join(parts) if parts else "kept until retention rules are given"), **window))
+    if window_check is not None:
+        checks.append(window_check)
     checks.append(space_check(client, ledger, restore_entry, params["space_margin"]))
 
     verdict = _gate.decide(checks)
     reasons = [f"{c['check']}: {c['detail']}" for c in checks if c["level"] != "ok"]
-    restore_set = None
-    if restore_entry is not None:
-        summary = summarize(restore_entry)
-        restore_set = {"set_id": restore_entry["set_id"], "created_at": summary["created_at"], "age_s": loss["seconds"] if loss else None,
-                       "release_id": summary["release_id"], "schema_version": summary["schema_version"], "bytes": summary["bytes"]}
     return {
         "changed": False,
         "verdict": verdict,
