@@ -49,39 +49,40 @@ def test_second_run_fails_clearly_and_a_killed_owner_frees_the_lock(demo_app, mo
 
 
 def test_a_second_playbook_leaves_an_operation_under_way_alone(demo_app, run_playbook, docker_client, tmp_path):
-    """An upgrade's journal is open (its after hook is still running) when a rollback starts on the
-    same app: the rollback must not take the journal for an interrupted run and revert under it."""
+    """An upgrade's journal is open (its health gate is still probing the new version) when a rollback
+    starts on the same app: the rollback must not take the journal for an interrupted run and revert under it."""
     demo = demo_app
-    hold = tmp_path / "hold"
-    hook = tmp_path / "after-upgrade.yml"
-    hook.write_text(f"- name: Hold the upgrade open\n  ansible.builtin.wait_for:\n    path: {hold}\n    state: absent\n"
-                    "    timeout: 300\n")
-    hold.touch()
     inventory = inventory_for(demo, tmp_path)
     journal = ledger(demo) / "journal.json"
+    # 600 probes keep the gate judging for half a minute or more: the window the second run falls in
     first = Background(tmp_path, inventory, "selfhost.rollback.upgrade",
                        extra={"upgrade_env": {"NOTES_VERSION": "1.1"}, "upgrade_max_p99_ratio": 0,
-                              "upgrade_after_tasks": str(hook)})
-    try:
-        first.wait_for(lambda: journal.exists() and _version(demo) == "1.1", timeout=300,
-                       what="the upgrade switching to 1.1 with its journal open")
-        owner = json.loads(journal.read_text())["owner"]
-        assert owner["pid"] == first.proc.pid, (owner, first.proc.pid)
-        before = demo.container_ids(), journal.read_text(), (demo.project_dir / ".env").read_text()
+                              "upgrade_health_probes": 600})
+    first.wait_for(lambda: _phase(journal) == "judging" and _version(demo) == "1.1", timeout=300,
+                   what="the upgrade judging 1.1 with its journal open")
+    owner = json.loads(journal.read_text())["owner"]
+    assert owner["pid"] == first.proc.pid, (owner, first.proc.pid)
+    before = demo.container_ids(), journal.read_text(), (demo.project_dir / ".env").read_text()
 
-        run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
-        assert run.rc != 0
-        refusal = run.task("Leave an operation that another run is still doing alone")["result"]["msg"]
-        assert (f"The upgrade of {demo.name} started " in refusal and f"(ansible-playbook pid {first.proc.pid}) is still "
-                "under way (phase 'switching'); this run changed nothing" in refusal), refusal
-        assert (demo.container_ids(), journal.read_text(), (demo.project_dir / ".env").read_text()) == before
-    finally:
-        hold.unlink()
+    run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
+    assert run.rc != 0
+    refusal = run.task("Leave an operation that another run is still doing alone")["result"]
+    assert refusal["outcome"] == "busy"
+    assert (f"The upgrade of {demo.name} started " in refusal["msg"] and f"(ansible-playbook pid {first.proc.pid}) is still "
+            "under way (phase 'judging'); this run changed nothing" in refusal["msg"]), refusal["msg"]
+    assert (demo.container_ids(), journal.read_text(), (demo.project_dir / ".env").read_text()) == before
     assert first.wait(300) == 0, first.log()[-3000:]
     assert not journal.exists()
     assert demo.wait_healthy(timeout=5)["version"] == "1.1"
     outcomes = [json.loads(p.read_text())["outcome"] for p in (ledger(demo) / "operations").glob("*.json")]
     assert outcomes == ["upgraded"], outcomes
+
+
+def _phase(journal) -> str | None:
+    try:
+        return json.loads(journal.read_text())["phase"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _version(demo) -> str | None:
