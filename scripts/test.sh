@@ -29,7 +29,9 @@ run_unit() {
 
 run_integration() {
   say "integration tests (real Docker Engine, registry, ansible-playbook)"
-  pytest -q -p no:cacheprovider -n "${SELFHOST_TEST_WORKERS:-2}" --dist loadgroup tests/integration
+  # the suite waits on containers and health gates far more than it computes (about 30% of two
+  # cores with two workers), so three workers share the machine; the fleet tests stay on one
+  pytest -q -p no:cacheprovider -n "${SELFHOST_TEST_WORKERS:-3}" --dist loadgroup --durations=15 tests/integration
 }
 
 run_lint() {
