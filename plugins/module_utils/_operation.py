@@ -31,11 +31,11 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import current_release_id, releases
 
 JOURNAL = "journal.json"
 LAST = "last_operation.json"
 HISTORY = "history.json"
-CURRENT = "current_release.json"  # written by the release module (_release.CURRENT)
 HISTORY_FORMAT = 1
 
 KINDS = ("upgrade", "rollback")
@@ -289,7 +289,7 @@ def previous_of(stack: list[str], live: str | None) -> str | None:
     return stack[index - 1] if index > 0 else None
 
 
-def _seed(ledger: Ledger, release_ids_in_order: list[str], current: str | None) -> list[dict[str, t.Any]]:
+def _seed(release_ids_in_order: list[str], current: str | None) -> list[dict[str, t.Any]]:
     """History of a ledger written before history.json existed: the releases in the order recorded."""
     stack = list(release_ids_in_order)
     if current in stack:
@@ -301,7 +301,7 @@ def history(ledger: Ledger, release_ids_in_order: list[str] | None = None, curre
     """The history's events (seeded from the release records for a ledger that has none yet)."""
     record = ledger.read(HISTORY)
     if record is None:
-        return _seed(ledger, release_ids_in_order or [], current)
+        return _seed(release_ids_in_order or [], current)
     if not isinstance(record, dict) or not isinstance(record.get("events"), list):
         raise OperationError(f"app {ledger.app}: {ledger.path(HISTORY)} is not a release history; "
                              "move it away and run again (it is rebuilt from the release records)")
@@ -309,15 +309,13 @@ def history(ledger: Ledger, release_ids_in_order: list[str] | None = None, curre
 
 
 def _append(ledger: Ledger, event: dict[str, t.Any]) -> None:
-    events = history(ledger, _recorded_ids(ledger), (ledger.read(CURRENT) or {}).get("release_id"))
+    events = history(ledger, _recorded_ids(ledger), current_release_id(ledger))
     events.append(event)
     ledger.write(HISTORY, {"format": HISTORY_FORMAT, "app": ledger.app, "events": events[-500:]})
 
 
 def _recorded_ids(ledger: Ledger) -> list[str]:
-    records = [ledger.read(f"releases/{name}") or {} for name in ledger.list("releases")]
-    ordered = sorted(records, key=lambda r: (r.get("recorded_at", ""), r.get("release_id", "")))
-    return [r["release_id"] for r in ordered if r.get("release_id")]
+    return [r["release_id"] for r in releases(ledger) if r.get("release_id")]
 
 
 def note_recorded(ledger: Ledger, release_id: str, write: bool = True) -> bool:

@@ -166,12 +166,13 @@ from ansible_collections.selfhost.rollback.plugins.module_utils import _operatio
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, AppError, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import current_release_id
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
 def inspect(module: AppModule, ledger: Ledger) -> dict[str, t.Any]:
     journal = _operation.pending(ledger)
-    current = (ledger.read(_operation.CURRENT) or {}).get("release_id")
+    current = current_release_id(ledger)
     result: dict[str, t.Any] = {
         "changed": False, "outcome": "pending" if journal else "clear", "reasons": [], "pending": journal,
         "operation": journal, "last": _operation.last(ledger), "current": current,

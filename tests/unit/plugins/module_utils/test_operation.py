@@ -8,6 +8,7 @@ import pytest
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _operation
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import CURRENT
 
 ME = {"controller": "cn", "pid": 100, "started": 5, "boot_id": "b"}
 OTHER = {"controller": "cn", "pid": 200, "started": 7, "boot_id": "b"}
@@ -20,7 +21,7 @@ def ledger(tmp_path) -> Ledger:
 
 def record_release(ledger: Ledger, release_id: str, at: str) -> None:
     ledger.write(f"releases/{release_id}.json", {"release_id": release_id, "recorded_at": at})
-    ledger.write(_operation.CURRENT, {"release_id": release_id})
+    ledger.write(CURRENT, {"release_id": release_id})
     _operation.note_recorded(ledger, release_id)
 
 
