@@ -17,7 +17,7 @@ options:
     suboptions:
       name:
         description:
-          - Name of the app; names its ledger directory and, unless O(app.project_name) is set, its Compose project.
+          - Name of the app; names its ledger directory.
           - Lower-case letters, digits, C(-) and C(_).
         type: str
         required: true
@@ -26,18 +26,32 @@ options:
         type: path
         required: true
       project_name:
-        description: Compose project name. Defaults to O(app.name).
+        description:
+          - Compose project name.
+          - Defaults to the name C(docker compose) itself gives the project in O(app.project_dir) (in this order,
+            C(COMPOSE_PROJECT_NAME) from the environment or the env file, the compose file's top-level C(name:),
+            the directory's name), so a project started there with a plain C(docker compose up -d) is found.
+          - When the running containers carry another project name for this directory, every module that
+            reads or changes the app stops and names the value to set here.
         type: str
       compose_files:
         description:
           - Compose files, relative to O(app.project_dir) or absolute, in the order Compose merges them.
-          - Defaults to the first of C(compose.yaml), C(compose.yml), C(docker-compose.yaml), C(docker-compose.yml).
+          - Defaults to what C(docker compose) reads in O(app.project_dir) when it is given no C(-f) option,
+            C(COMPOSE_FILE) (from the environment or the env file, split at C(COMPOSE_PATH_SEPARATOR)), or else the
+            first of C(compose.yaml), C(compose.yml), C(docker-compose.yml), C(docker-compose.yaml) plus the first of
+            C(compose.override.yml), C(compose.override.yaml), C(docker-compose.override.yml),
+            C(docker-compose.override.yaml).
+          - When the running containers say they were started with other files, modules stop and name them.
+          - Profiles are Compose's own (C(COMPOSE_PROFILES) in the environment or the env file).
         type: list
         elements: str
       env_file:
         description:
           - The project's env file, relative to O(app.project_dir) or absolute.
           - Its values are read for interpolation and fingerprints, never recorded or logged.
+          - Values are what Compose makes of the file (quotes, escapes, C(${VAR}) references, comments); a
+            release's fingerprint takes them from C(docker compose config) itself.
         type: str
         default: .env
       health:
@@ -119,6 +133,15 @@ options:
             type: list
             elements: str
             default: []
+      one_shot:
+        description:
+          - Services that run to completion by design (a schema migration, an init job) besides those another
+            service waits for with C(condition: service_completed_successfully), which are found by themselves.
+          - Health gates and baselines judge them by their exit code (0 is healthy), switches count an exited-0
+            container as up to date, and backups do not pause them.
+        type: list
+        elements: str
+        default: []
       version_locks:
         description: Groups of services that must always run the same version.
         type: list

@@ -9,12 +9,20 @@ One argument-spec factory, extended per module, so that the inventory contract
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import typing as t
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import read_env_file
 
 DEFAULT_STORE = "/var/lib/selfhost-rollback"
 APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# what 'docker compose' reads in a directory when it is given no -f (Compose 2.x, in this order)
+DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+OVERRIDE_FILES = ("compose.override.yml", "compose.override.yaml", "docker-compose.override.yml", "docker-compose.override.yaml")
+TOP_LEVEL_NAME = re.compile(r"^name\s*:", re.MULTILINE)
 
 
 def app_option_spec() -> dict[str, t.Any]:
@@ -58,6 +66,7 @@ def app_option_spec() -> dict[str, t.Any]:
             },
         },
         "version_locks": {"type": "list", "elements": "list", "default": []},
+        "one_shot": {"type": "list", "elements": "str", "default": []},
         "artifacts": {
             "type": "list",
             "elements": "dict",
@@ -100,24 +109,78 @@ def validate_app(app: dict[str, t.Any]) -> dict[str, t.Any]:
             "set project_dir to the directory that holds the compose file"
         )
     resolved = dict(app)
-    resolved["project_name"] = app.get("project_name") or name
-    files = app.get("compose_files") or [_default_compose_file(project_dir, name)]
+    env_file = app.get("env_file") or ".env"
+    resolved["env_file"] = env_file if os.path.isabs(env_file) else os.path.join(project_dir, env_file)
+    compose_env = compose_variables(resolved["env_file"])
+    files, resolved["compose_files_from"] = compose_file_list(app, compose_env)
     resolved["compose_files"] = [f if os.path.isabs(f) else os.path.join(project_dir, f) for f in files]
     for path in resolved["compose_files"]:
         if not os.path.isfile(path):
-            raise AppError(f"app {name}: compose file {path} does not exist; check compose_files")
-    env_file = app.get("env_file") or ".env"
-    resolved["env_file"] = env_file if os.path.isabs(env_file) else os.path.join(project_dir, env_file)
+            raise AppError(f"app {name}: compose file {path} does not exist (named by {resolved['compose_files_from']}); "
+                           "check compose_files or COMPOSE_FILE")
+    resolved["project_name"], resolved["project_name_from"] = project_name_of(app, compose_env, resolved["compose_files"])
     for key in ("health", "schema_probe"):
         resolved[key] = app.get(key) or None
+    resolved["one_shot"] = list(app.get("one_shot") or [])
     return resolved
 
 
-def _default_compose_file(project_dir: str, name: str) -> str:
-    for candidate in ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"):
-        if os.path.isfile(os.path.join(project_dir, candidate)):
-            return candidate
-    raise AppError(
-        f"app {name}: no compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml "
-        f"in {project_dir}; set compose_files"
-    )
+def compose_variables(env_file: str) -> dict[str, str]:
+    """Compose's own settings (COMPOSE_FILE, COMPOSE_PROJECT_NAME...): the environment first, then the env file."""
+    values = {k: v for k, v in read_env_file(env_file).items() if k.startswith("COMPOSE_")}
+    values.update({k: v for k, v in os.environ.items() if k.startswith("COMPOSE_")})
+    return values
+
+
+def compose_file_list(app: dict[str, t.Any], compose_env: dict[str, str]) -> tuple[list[str], str]:
+    """The files Compose reads in the project directory, and where that list comes from.
+
+    The inventory's ``compose_files`` first; else ``COMPOSE_FILE``; else the first default file
+    name found plus the first default override file name found, as ``docker compose`` does when
+    it is given no ``-f``.
+    """
+    if app.get("compose_files"):
+        return list(app["compose_files"]), "compose_files"
+    if compose_env.get("COMPOSE_FILE"):
+        separator = compose_env.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+        return [f for f in compose_env["COMPOSE_FILE"].split(separator) if f], "COMPOSE_FILE"
+    project_dir = app["project_dir"]
+    found = [f for f in DEFAULT_FILES if os.path.isfile(os.path.join(project_dir, f))][:1]
+    if not found:
+        raise AppError(
+            f"app {app['name']}: no compose.yaml, compose.yml, docker-compose.yml or docker-compose.yaml "
+            f"in {project_dir}; set compose_files"
+        )
+    found += [f for f in OVERRIDE_FILES if os.path.isfile(os.path.join(project_dir, f))][:1]
+    return found, "the default file names"
+
+
+def project_name_of(app: dict[str, t.Any], compose_env: dict[str, str], files: list[str]) -> tuple[str, str]:
+    """The Compose project name and where it comes from, by Compose's order of precedence."""
+    if app.get("project_name"):
+        return app["project_name"], "project_name"
+    if compose_env.get("COMPOSE_PROJECT_NAME"):
+        return compose_env["COMPOSE_PROJECT_NAME"], "COMPOSE_PROJECT_NAME"
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            if TOP_LEVEL_NAME.search(handle.read()):
+                return _name_from_compose(app, files), "the compose file's name:"
+    return normalize_project_name(os.path.basename(os.path.normpath(app["project_dir"]))), "the project directory's name"
+
+
+def normalize_project_name(value: str) -> str:
+    """Compose's normalisation: lower case, only [a-z0-9_-], no leading '_' or '-'."""
+    return "".join(re.findall(r"[a-z0-9_-]", value.lower())).lstrip("_-")
+
+
+def _name_from_compose(app: dict[str, t.Any], files: list[str]) -> str:
+    """A top-level ``name:`` may be interpolated and overridden by a later file: Compose says what it is."""
+    argv = ["docker", "compose", "--project-directory", app["project_dir"]]
+    for path in files:
+        argv += ["-f", path]
+    proc = subprocess.run(argv + ["config", "--format", "json"], capture_output=True, text=True, check=False, timeout=60)
+    try:
+        return str(json.loads(proc.stdout)["name"])
+    except (ValueError, KeyError) as exc:
+        raise AppError(f"app {app['name']}: 'docker compose config' could not read the project's name "
+                       f"({(proc.stderr or '').strip()[-300:] or exc}); set project_name") from exc

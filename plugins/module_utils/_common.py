@@ -35,6 +35,7 @@ except ImportError:  # the module skeleton (_module.AppModule) reports it with m
 
 
 CHUNK = 1024 * 1024
+ENV_UNSET = "__selfhost_rollback_unset__"
 
 
 class OperatorError(Exception):
@@ -114,17 +115,19 @@ class Compose:
         args = [self.cli, "compose", "--project-directory", self.app["project_dir"], "-p", self.app["project_name"]]
         for path in self.app["compose_files"]:
             args += ["-f", path]
-        if os.path.isfile(self.app["env_file"]):
+        # Compose reads <project dir>/.env by itself (and COMPOSE_ENV_FILES); only another file is named
+        if os.path.isfile(self.app["env_file"]) and self.app["env_file"] != os.path.join(self.app["project_dir"], ".env"):
             args += ["--env-file", self.app["env_file"]]
         return args
 
     def run(self, *args: str, check: bool = True, timeout: float = 600,
-            env: dict[str, str] | None = None, what: str = "") -> subprocess.CompletedProcess:
+            env: dict[str, str] | None = None, what: str = "", stdin: str | None = None) -> subprocess.CompletedProcess:
         cmd = self.base_args() + list(args)
         run_env = dict(os.environ)
         run_env.update(env or {})
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=run_env, check=False)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=run_env, check=False,
+                                  input=stdin)
         except subprocess.TimeoutExpired as exc:
             raise OperatorError(f"app {self.app['name']}: 'docker compose {' '.join(args)}' did not finish within {timeout:.0f} s") from exc
         if check and proc.returncode != 0:
@@ -141,6 +144,24 @@ class Compose:
             return json.loads(proc.stdout)
         except ValueError as exc:
             raise OperatorError(f"app {self.app['name']}: 'docker compose config' returned no JSON: {exc}") from exc
+
+    def env_values(self, keys: t.Iterable[str]) -> dict[str, str]:
+        """The values Compose itself gives these variables (env file, environment, its own rules).
+
+        A service that only Compose reads is added from standard input (``-f -``) with one
+        ``${KEY}`` per variable; nothing is written and nothing runs.
+        """
+        keys = [k for k in keys if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+        if not keys:
+            return {}
+        probe = {"services": {"selfhost-rollback-env-probe": {"image": "scratch", "environment": {
+            k: "${%s-%s}" % (k, ENV_UNSET) for k in keys}}}}
+        proc = self.run("-f", "-", "config", "--format", "json", stdin=json.dumps(probe), what="reading the env file")
+        try:
+            env = json.loads(proc.stdout)["services"]["selfhost-rollback-env-probe"]["environment"]
+        except (ValueError, KeyError) as exc:
+            raise OperatorError(f"app {self.app['name']}: 'docker compose config' did not give the env values: {exc}") from exc
+        return {k: str(v).replace("$$", "$") for k, v in env.items() if v != ENV_UNSET}
 
     def version(self) -> str:
         proc = subprocess.run([self.cli, "compose", "version", "--short"], capture_output=True, text=True, check=False)
@@ -159,31 +180,169 @@ def project_containers(client: t.Any, project: str, all_states: bool = True) -> 
     return client.containers.list(all=all_states, filters={"label": f"com.docker.compose.project={project}"})
 
 
+LABEL_PROJECT = "com.docker.compose.project"
+LABEL_WORKING_DIR = "com.docker.compose.project.working_dir"
+LABEL_CONFIG_FILES = "com.docker.compose.project.config_files"
+
+
+def check_live_project(client: t.Any, app: dict[str, t.Any]) -> None:
+    """Stop when the app's containers say Compose ran another project than the definition resolves to.
+
+    Containers carry what Compose used (project name, working directory, compose files). Files
+    outside the project directory are the collection's own (a switch's image override) and are
+    not compared. An app that does not run yet has nothing to disagree with.
+    """
+    here = {app["project_dir"], os.path.realpath(app["project_dir"])}
+    containers = client.containers.list(all=True, filters={"label": LABEL_PROJECT})
+    mine = [c for c in containers if c.labels.get(LABEL_PROJECT) == app["project_name"]]
+    if not mine:
+        others = sorted({c.labels.get(LABEL_PROJECT) for c in containers if c.labels.get(LABEL_WORKING_DIR) in here})
+        if others:
+            raise OperatorError(
+                f"app {app['name']}: the containers started from {app['project_dir']} belong to Compose project "
+                f"{others[0]!r}, not {app['project_name']!r} (from {app.get('project_name_from', 'project_name')}); "
+                f"set project_name: {others[0]} in the app definition; nothing was changed"
+            )
+        return
+    dirs = sorted({c.labels.get(LABEL_WORKING_DIR) for c in mine if c.labels.get(LABEL_WORKING_DIR)} - here)
+    if dirs:
+        raise OperatorError(
+            f"app {app['name']}: Compose project {app['project_name']!r} runs from {dirs[0]}, not from "
+            f"{app['project_dir']}; set project_dir: {dirs[0]} (or another project_name); nothing was changed"
+        )
+    wanted = [os.path.realpath(f) for f in app["compose_files"]]
+    inside = os.path.realpath(app["project_dir"]) + os.sep
+    for container in sorted(mine, key=lambda c: str(c.attrs.get("Created") or ""), reverse=True):
+        used = [os.path.realpath(f) for f in (container.labels.get(LABEL_CONFIG_FILES) or "").split(",") if f]
+        used = [f for f in used if f.startswith(inside)]
+        if used and used != wanted:
+            names = ", ".join(os.path.relpath(f, app["project_dir"]) for f in used)
+            mine_names = ", ".join(os.path.relpath(f, app["project_dir"]) for f in wanted)
+            raise OperatorError(
+                f"app {app['name']}: its containers were started with the compose files {names}, but the definition "
+                f"reads {mine_names} (from {app.get('compose_files_from', 'compose_files')}); set compose_files: "
+                f"[{names}] (or COMPOSE_FILE in the env file), or bring the app up once with the files you mean; "
+                "nothing was changed"
+            )
+        break  # the newest container says how the project was brought up last
+
+
+def one_shot_services(config: dict[str, t.Any], app: dict[str, t.Any]) -> set[str]:
+    """Services that run to completion by design: declared in ``one_shot``, or awaited by another
+    service with ``condition: service_completed_successfully`` (migrations, init jobs)."""
+    names = set(app.get("one_shot") or [])
+    for service in (config.get("services") or {}).values():
+        depends = service.get("depends_on") or {}
+        for dependency, how in (depends.items() if isinstance(depends, dict) else []):
+            if isinstance(how, dict) and how.get("condition") == "service_completed_successfully":
+                names.add(dependency)
+    return names
+
+
+def container_state(container: t.Any, one_shot: bool = False) -> dict[str, t.Any]:
+    """What a gate judges of a container: state, health, and for a one-shot service its exit code."""
+    state = container.attrs.get("State") or {}
+    out = {"state": state.get("Status"), "health": (state.get("Health") or {}).get("Status")}
+    if one_shot:
+        out.update(one_shot=True, exit_code=state.get("ExitCode"))
+    return out
+
+
+def state_ok(state: dict[str, t.Any]) -> bool:
+    """A service is fine when it runs (and is not unhealthy), or, being one-shot, when it ended with exit code 0."""
+    if state.get("one_shot") and state.get("state") == "exited":
+        return state.get("exit_code") == 0
+    return state.get("state") == "running" and state.get("health") in (None, "healthy")
+
+
+def state_failed(state: dict[str, t.Any]) -> bool:
+    """A service that will not come good by waiting: dead, unhealthy, or exited (a one-shot: with an error)."""
+    if state.get("one_shot") and state.get("state") == "exited":
+        return state.get("exit_code") != 0
+    return state.get("state") in ("exited", "dead") or state.get("health") == "unhealthy"
+
+
 def read_env_file(path: str) -> dict[str, str]:
-    """Parse a Compose ``.env`` file (KEY=VALUE, optional quotes, comments)."""
+    """Parse a Compose ``.env`` file by Compose's rules (see :func:`parse_env_text`)."""
     if not os.path.isfile(path):
         return {}
     with open(path, encoding="utf-8") as handle:
         return parse_env_text(handle.read())
 
 
-def parse_env_text(text: str) -> dict[str, str]:
+ENV_KEY = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*[=:]\s*")
+ENV_REF = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+DQ_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "$": "\0"}
+
+
+def parse_env_text(text: str, environ: t.Mapping[str, str] | None = None) -> dict[str, str]:
+    """KEY=VALUE lines the way Compose reads an env file.
+
+    ``export`` prefixes and ``KEY: value`` lines are accepted; a single-quoted value is literal;
+    a double-quoted one may span lines and knows the escapes ``\\n \\r \\t \\\\ \\" \\$``;
+    after a closing quote, and after whitespace plus ``#`` in an unquoted value, the rest of
+    the line is a comment. ``${VAR}``, ``$VAR`` and ``${VAR:-default}`` in unquoted and
+    double-quoted values expand from the keys above and then the environment. The
+    integration suite checks these rules against Compose's own reading of the same file.
+    """
+    environ = os.environ if environ is None else environ
     values: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        key, _sep, value = line.partition("=")
-        key = key.strip()
-        if key.startswith("export "):
-            key = key[len("export "):].strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
+        match = ENV_KEY.match(line)
+        if not match:
+            continue
+        key, rest = match.group(1), line[match.end():]
+        if rest.startswith("'"):
+            body, index = _quoted(rest[1:], "'", lines, index)
+            values[key] = body
+        elif rest.startswith('"'):
+            body, index = _quoted(rest[1:], '"', lines, index)
+            body = re.sub(r"\\(.)", lambda m: DQ_ESCAPES.get(m.group(1), "\\" + m.group(1)), body)
+            values[key] = _expand(body, values, environ).replace("\0", "$")
+        else:
+            body = re.split(r"\s#", rest, maxsplit=1)[0].strip()
+            values[key] = _expand(body, values, environ)
     return values
+
+
+def _quoted(rest: str, quote: str, lines: list[str], index: int) -> tuple[str, int]:
+    """The text up to the closing quote (a double quote may be escaped), continuing on the next lines."""
+    pattern = re.compile(r"^((?:[^\\\"]|\\.)*)\"" if quote == '"' else r"^([^']*)'")
+    text = rest
+    while True:
+        found = pattern.match(text)
+        if found:
+            return found.group(1), index
+        if index >= len(lines):
+            return text, index  # unterminated: Compose refuses the file, and so does 'docker compose config'
+        text += "\n" + lines[index]
+        index += 1
+
+
+def _expand(value: str, known: dict[str, str], environ: t.Mapping[str, str]) -> str:
+    def lookup(name: str) -> str | None:
+        return known[name] if name in known else environ.get(name)
+
+    def one(match: re.Match) -> str:
+        name = match.group("braced") or match.group("bare")
+        found, op, arg = lookup(name), match.group("op"), match.group("arg") or ""
+        if op in (":-", ":?"):
+            return found if found else (arg if op == ":-" else "")
+        if op in ("-", "?"):
+            return found if found is not None else (arg if op == "-" else "")
+        if op == ":+":
+            return arg if found else ""
+        if op == "+":
+            return arg if found is not None else ""
+        return found or ""
+
+    return ENV_REF.sub(one, value)
 
 
 SECRET_MARKERS = ("PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE")

@@ -72,7 +72,10 @@ def judge(figures: dict[str, t.Any], baseline: dict[str, t.Any] | None, containe
     """The verdict and every reason behind it, each a sentence with its numbers."""
     reasons: list[str] = []
     for name, state in sorted(containers.items()):
-        if state.get("state") != "running":
+        if state.get("one_shot") and state.get("state") == "exited":
+            if state.get("exit_code") != 0:
+                reasons.append(f"one-shot service {name} exited with code {state.get('exit_code')}; see 'docker compose logs {name}'")
+        elif state.get("state") != "running":
             reasons.append(f"service {name} is {state.get('state') or 'absent'}, not running")
         elif state.get("health") not in (None, "healthy"):
             reasons.append(f"service {name} reports health '{state.get('health')}'")

@@ -19,6 +19,7 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
+    check_live_project,
     DockerException,
     OperatorError,
     canonical_json,
@@ -169,10 +170,12 @@ def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: li
     the reads were made one after the other, so the operator sees the same first sentence.
     """
     compose = Compose(app)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         config_read = pool.submit(compose.config)  # validates and interpolates; values stay in memory only
         structure_read = pool.submit(_structure, compose, salt)
         version_read = pool.submit(compose.version)
+        env_read = pool.submit(compose.env_values, read_env_file(app["env_file"]))  # the values as Compose reads them
+        check_live_project(client, app)
         containers = project_containers(client, app["project_name"])
         config = config_read.result()
         if not any(c.status == "running" for c in containers):
@@ -222,6 +225,7 @@ def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: li
             schema, schema_failure = None, exc
         structure = structure_read.result()
         compose_version = version_read.result()
+        env_values = env_read.result()
     if schema_failure is not None:
         raise schema_failure
     state = {
@@ -232,7 +236,7 @@ def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: li
             "config": structure,
         },
         "services": services,
-        "config_fingerprint": fingerprint(read_env_file(app["env_file"]), salt),
+        "config_fingerprint": fingerprint(env_values, salt),
         "runtime": {
             "engine_version": version.get("Version"),
             "api_version": version.get("ApiVersion"),

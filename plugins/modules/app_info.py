@@ -62,12 +62,22 @@ project_name:
   returned: always
   type: str
   sample: notes
+project_name_from:
+  description: Where the project name comes from (C(project_name), C(COMPOSE_PROJECT_NAME), the compose file's C(name:), or the project directory's name), in Compose's order of precedence.
+  returned: always
+  type: str
+  sample: the project directory's name
 compose_files:
-  description: The compose files, in merge order.
+  description: The compose files Compose reads in the project directory, in merge order.
   returned: always
   type: list
   elements: str
-  sample: [/srv/notes/compose.yaml]
+  sample: [/srv/notes/compose.yaml, /srv/notes/compose.override.yaml]
+compose_files_from:
+  description: Where that list comes from (C(compose_files), C(COMPOSE_FILE), or the default file names).
+  returned: always
+  type: str
+  sample: the default file names
 services:
   description: One entry per service declared in the compose files.
   returned: always
@@ -83,7 +93,7 @@ services:
       repo_digests: ["127.0.0.1:5000/selfhost/notes@sha256:ec5f..."]
       ports: ["127.0.0.1:8080->8080/tcp"]
 running:
-  description: Whether every declared service has a running container.
+  description: Whether every declared service has a running container (a one-shot service, one that exited by design).
   returned: always
   type: bool
 health:
@@ -110,7 +120,13 @@ reasons:
 
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, DockerException, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    Compose,
+    DockerException,
+    check_live_project,
+    one_shot_services,
+    project_containers,
+)
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
@@ -128,6 +144,7 @@ def describe(client: t.Any, app: dict[str, t.Any], declared: dict[str, t.Any]) -
         if container is not None:
             state = container.attrs.get("State", {})
             entry.update(container=container.name, container_id=container.id[:12], state=state.get("Status"),
+                         exit_code=state.get("ExitCode"),
                          health=(state.get("Health") or {}).get("Status"), image_id=container.attrs.get("Image"))
             try:
                 entry["repo_digests"] = client.images.get(entry["image_id"]).attrs.get("RepoDigests") or []
@@ -142,17 +159,25 @@ def describe(client: t.Any, app: dict[str, t.Any], declared: dict[str, t.Any]) -
 
 def report(module: AppModule) -> dict[str, t.Any]:
     app = module.app
-    declared = Compose(app).config().get("services", {})
+    check_live_project(module.client, app)
+    config = Compose(app).config()
+    declared = config.get("services", {})
     services = describe(module.client, app, declared)
+    one_shot = one_shot_services(config, app)
+    for name in one_shot & set(services):
+        services[name]["one_shot"] = True
     health = None
     if module.params["probe_health"] and (app.get("health") or {}).get("url"):
         health = probe_once(app["health"]["url"], app["health"]["timeout"], with_body=True)
     return {
         "changed": False,
         "project_name": app["project_name"],
+        "project_name_from": app["project_name_from"],
         "compose_files": app["compose_files"],
+        "compose_files_from": app["compose_files_from"],
         "services": services,
-        "running": bool(services) and all(s["state"] == "running" for s in services.values()),
+        "running": bool(services) and all(s["state"] == "running" or (s.get("one_shot") and s["state"] == "exited")
+                                          for s in services.values()),
         "health": health,
     }
 

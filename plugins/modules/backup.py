@@ -174,6 +174,7 @@ reasons:
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import check_live_project
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
@@ -203,6 +204,7 @@ def back_up(module: AppModule) -> dict[str, t.Any]:
                                     compression_level=params["compression_level"], consistency=consistency,
                                     space_check=params["space_check"], restic=restic, tags=params["tags"])
     client = module.client
+    check_live_project(client, app)
     ledger = module.ledger
     if module.check_mode:
         plan = _backup.plan_backup(app, client, options)

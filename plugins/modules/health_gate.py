@@ -155,35 +155,43 @@ import os
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    Compose,
+    OperatorError,
+    container_state,
+    iso,
+    one_shot_services,
+    project_containers,
+    state_failed,
+    state_ok,
+)
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, summarize
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
-def container_states(client: t.Any, app: dict[str, t.Any], services: list[str]) -> dict[str, dict[str, t.Any]]:
+def container_states(client: t.Any, app: dict[str, t.Any], services: list[str], one_shot: set[str]) -> dict[str, dict[str, t.Any]]:
     found: dict[str, dict[str, t.Any]] = {name: {"state": "absent", "health": None} for name in services}
-    for container in project_containers(client, app["project_name"]):
+    newest_first = sorted(project_containers(client, app["project_name"]), key=lambda c: str(c.attrs.get("Created") or ""), reverse=True)
+    for container in newest_first:
         service = container.labels.get("com.docker.compose.service")
         if service in found and found[service]["state"] != "running":
-            state = container.attrs.get("State", {})
-            found[service] = {"state": state.get("Status"), "health": (state.get("Health") or {}).get("Status")}
+            if found[service]["state"] == "absent" or container.status == "running":
+                found[service] = container_state(container, service in one_shot)
     return found
 
 
-def wait_until_healthy(client: t.Any, app: dict[str, t.Any], services: list[str], url: str,
+def wait_until_healthy(client: t.Any, app: dict[str, t.Any], services: list[str], one_shot: set[str], url: str,
                        timeout: float, wait: float) -> tuple[float | None, float, dict[str, dict[str, t.Any]]]:
     """Seconds until healthy (None if not), seconds waited, container states."""
     started = time.monotonic()
     while True:
-        states = container_states(client, app, services)
+        states = container_states(client, app, services, one_shot)
         waited = round(time.monotonic() - started, 3)
-        settled = all(s["state"] == "running" and s["health"] in (None, "healthy") for s in states.values())
-        if settled and probe_once(url, timeout)["ok"]:
+        if all(state_ok(s) for s in states.values()) and probe_once(url, timeout)["ok"]:
             return waited, waited, states
         if waited >= wait:
             return None, waited, states
-        if any(s["state"] in ("exited", "dead") or s["health"] == "unhealthy" for s in states.values()) \
-                and waited > min(wait, 10):
+        if any(state_failed(s) for s in states.values()) and waited > min(wait, 10):
             return None, waited, states  # it is not coming up; do not burn the whole wait
         time.sleep(0.25)
 
@@ -201,9 +209,12 @@ def gate(module: AppModule) -> dict[str, t.Any]:
     baseline_name = params["baseline"] or (ledger.read("current_release.json") or {}).get("release_id") or "current"
     if "/" in baseline_name or baseline_name.startswith("."):
         raise OperatorError(f"app {name}: baseline name {baseline_name!r} is not usable as a file name")
-    services = sorted(Compose(app).config().get("services", {}))
+    config = Compose(app).config()
+    services = sorted(config.get("services", {}))
+    one_shot = one_shot_services(config, app)
     client = module.client
-    time_to_healthy, waited, states = wait_until_healthy(client, app, services, health["url"], health["timeout"], params["wait"])
+    time_to_healthy, waited, states = wait_until_healthy(client, app, services, one_shot, health["url"], health["timeout"],
+                                                         params["wait"])
     for _index in range(max(params["warmup"], 0) if time_to_healthy is not None else 0):
         probe_once(health["url"], health["timeout"])
     samples = []
@@ -213,7 +224,7 @@ def gate(module: AppModule) -> dict[str, t.Any]:
         if index + 1 < params["probes"]:
             time.sleep(params["interval"])
     figures = summarize(samples)
-    states = container_states(client, app, services)
+    states = container_states(client, app, services, one_shot)
     baseline_record = ledger.read(os.path.join("baselines", baseline_name + ".json"))
     judged_against = None if params["mode"] == "baseline" else baseline_record
     passed, reasons = judge(figures, (judged_against or {}).get("figures"), states, params["max_error_rate"],

@@ -11,7 +11,16 @@ version_added: 0.1.0
 description:
   - "Forward (an upgrade): set keys in the app's env file (O(env)) and/or replace its compose file
     (O(compose_src)), remove digest pins from image lines so new tags take effect (O(unpin)), and
-    bring the project up (C(docker compose up -d --remove-orphans))."
+    bring the project up (C(docker compose up -d))."
+  - "The project is the one Compose itself runs in O(app.project_dir): its default file pair
+    (C(compose.yaml) plus C(compose.override.yaml)), C(COMPOSE_FILE), C(COMPOSE_PROJECT_NAME) and
+    C(COMPOSE_PROFILES) from the environment or the env file. The module stops before changing
+    anything when the running containers say they were started as another project (other files,
+    directory or name). It never removes a service: one the files do not define is reported in
+    RV(outside_release)."
+  - "A one-shot service (a migration or an init job that exits 0 by design, see O(app.one_shot))
+    counts as up to date when its container exited with code 0; Compose runs it again, in order,
+    when its configuration changes."
   - "Back (a rollback or a revert): put the project files kept with release O(release) back in
     place (secret values, which the ledger never holds, come from the live env file), make its
     images present (from the engine, their registry, or the ledger's image archive), bring the
@@ -147,6 +156,14 @@ recreated:
   type: list
   elements: str
   sample: [app]
+outside_release:
+  description:
+    - Services of the Compose project that have containers but are not defined by the files now in place.
+    - They are left as they are (never removed); remove them by hand with C(docker compose up -d --remove-orphans) if they are unwanted.
+  returned: when the project was brought up
+  type: list
+  elements: str
+  sample: [worker-old]
 started_first:
   description: Services switched by starting the new container beside the old one (O(start_first)), or that would be in check mode.
   returned: when O(release) is set
@@ -184,8 +201,10 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._app import vali
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     OperatorError,
+    check_live_project,
     docker_cli,
     is_secret,
+    one_shot_services,
     parse_env_text,
     project_containers,
 )
@@ -209,7 +228,8 @@ def project_images(client: t.Any, app: dict[str, t.Any]) -> tuple[dict[str, dict
         if not service:
             continue
         if service not in running:
-            running[service] = {"container_id": container.id[:12], "image_id": container.attrs.get("Image"), "state": container.status}
+            running[service] = {"container_id": container.id[:12], "image_id": container.attrs.get("Image"), "state": container.status,
+                                "exit_code": (container.attrs.get("State") or {}).get("ExitCode")}
         image = (container.attrs.get("Config") or {}).get("Image")
         if container.status == "running" and image and service not in created:
             created[service] = image
@@ -363,11 +383,27 @@ def diff_of(app: dict[str, t.Any], changed: list[str], current: dict[str, bytes]
     return diffs
 
 
+def settled(live: dict[str, t.Any], one_shot: bool) -> bool:
+    """A service needs no start: it runs, or (one-shot) it ran to the end with exit code 0."""
+    return live.get("state") == "running" or (one_shot and live.get("state") == "exited" and live.get("exit_code") == 0)
+
+
 def bring_up(app: dict[str, t.Any], extra_file: str | None, pull: str, wait: float) -> None:
+    """``docker compose up -d`` on the project's own files (plus the switch's image override).
+
+    Never ``--remove-orphans``: a service the files do not define (any more) is reported by the
+    switch, not deleted (:func:`outside`).
+    """
     target = dict(app)
     if extra_file:
         target["compose_files"] = list(app["compose_files"]) + [extra_file]
-    Compose(target).run("up", "-d", "--remove-orphans", "--pull", pull, timeout=wait, what="bringing the project up")
+    Compose(target).run("up", "-d", "--pull", pull, timeout=wait, what="bringing the project up")
+
+
+def outside(client: t.Any, app: dict[str, t.Any], config: dict[str, t.Any]) -> list[str]:
+    """Services of the Compose project that have containers but are not in the files (left as they are)."""
+    defined = set(config.get("services") or {})
+    return sorted({s for s in running_images(client, app) if s not in defined})
 
 
 def switch_back(module: AppModule) -> dict[str, t.Any]:
@@ -400,8 +436,9 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
     expected = {name: s["image_id"] for name, s in (record.get("services") or {}).items()}
     running, created = project_images(client, app)
     before_ids = {n: s.get("container_id") for n, s in running.items()}
+    one_shot = one_shot_services((record.get("compose") or {}).get("config") or {}, app)
     mismatched = sorted(n for n, i in expected.items()
-                        if running.get(n, {}).get("image_id") != i or running.get(n, {}).get("state") != "running")
+                        if running.get(n, {}).get("image_id") != i or not settled(running.get(n, {}), n in one_shot))
     start_first = list(dict.fromkeys(module.params["start_first"] or []))
     if start_first:
         check_start_first(app, Compose(app).config(), start_first)
@@ -447,6 +484,7 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         for name in beside:
             start_beside(client, app, override, name, module.params["wait"])
         bring_up(app, override, "never", module.params["wait"])
+    result["outside_release"] = outside(client, app, config)
     running = running_images(client, app)
     result["recreated"] = sorted(n for n, s in running.items() if s.get("container_id") != before_ids.get(n) and n not in beside)
     services = {n: dict(running.get(n, {}), expected=i, ok=running.get(n, {}).get("image_id") == i) for n, i in expected.items()}
@@ -466,10 +504,11 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
     wanted = forward_files(module, app)
     changed_files, current = plan_files(app, wanted)
     running = running_images(module.client, app)
-    stopped = [n for n, s in running.items() if s["state"] != "running"]
+    one_shot = one_shot_services(Compose(app).config(), app) if any(s["state"] != "running" for s in running.values()) else set()
+    stopped = [n for n, s in running.items() if not settled(s, n in one_shot)]
     actions = [f"write {rel}" for rel in changed_files]
     if changed_files or stopped or not running:
-        actions.append("docker compose up -d --remove-orphans")
+        actions.append("docker compose up -d")
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": changed_files,
                                 "diff": diff_of(app, changed_files, current, wanted)}
     if actions and not module.check_mode:
@@ -479,6 +518,7 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
                 _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
             app = validate_app(module.params["app"])
             bring_up(app, None, "missing" if module.params["pull"] else "never", module.params["wait"])
+        result["outside_release"] = outside(module.client, app, Compose(app).config())
         running = running_images(module.client, app)
     result["services"] = running
     return result
@@ -486,6 +526,7 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
 
 def switch(module: AppModule) -> dict[str, t.Any]:
     began = time.monotonic()
+    check_live_project(module.client, module.app)
     result = switch_back(module) if module.params["release"] else switch_forward(module)
     result["seconds"] = round(time.monotonic() - began, 3)
     if not module.diff_mode:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, normalize_project_name, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+    parse_env_text,
     read_env_file,
     salted_hash,
     scrub,
@@ -23,8 +24,38 @@ def test_default_compose_file_is_found(tmp_path, filename):
     (tmp_path / filename).write_text("services: {}\n")
     resolved = validate_app(app(tmp_path))
     assert resolved["compose_files"] == [str(tmp_path / filename)]
-    assert resolved["project_name"] == "notes"
+    assert resolved["project_name"] == normalize_project_name(tmp_path.name)  # what 'docker compose' names it
+    assert resolved["project_name_from"] == "the project directory's name"
     assert resolved["env_file"] == str(tmp_path / ".env")
+
+
+def test_the_override_file_is_read_as_compose_reads_it(tmp_path):
+    for name in ("compose.yaml", "docker-compose.yml", "compose.override.yaml", "docker-compose.override.yml"):
+        (tmp_path / name).write_text("services: {}\n")
+    resolved = validate_app(app(tmp_path))
+    assert resolved["compose_files"] == [str(tmp_path / "compose.yaml"), str(tmp_path / "compose.override.yaml")]
+    assert resolved["compose_files_from"] == "the default file names"
+
+
+def test_compose_variables_come_from_the_environment_first_then_the_env_file(tmp_path, monkeypatch):
+    for name in ("compose.yaml", "a.yaml", "b.yaml"):
+        (tmp_path / name).write_text("services: {}\n")
+    (tmp_path / ".env").write_text("COMPOSE_FILE=compose.yaml;a.yaml\nCOMPOSE_PATH_SEPARATOR=;\nCOMPOSE_PROJECT_NAME=shop\n")
+    monkeypatch.delenv("COMPOSE_FILE", raising=False)
+    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
+    resolved = validate_app(app(tmp_path))
+    assert resolved["compose_files"] == [str(tmp_path / "compose.yaml"), str(tmp_path / "a.yaml")]
+    assert (resolved["project_name"], resolved["project_name_from"]) == ("shop", "COMPOSE_PROJECT_NAME")
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "store")
+    monkeypatch.setenv("COMPOSE_FILE", "b.yaml")
+    resolved = validate_app(app(tmp_path))
+    assert resolved["project_name"] == "store" and resolved["compose_files"] == [str(tmp_path / "b.yaml")]
+    assert validate_app(app(tmp_path, project_name="mine"))["project_name"] == "mine"
+
+
+@pytest.mark.parametrize(("directory", "expected"), [("Shop App.v2", "shopappv2"), ("_notes-1", "notes-1"), ("AI_Stack", "ai_stack")])
+def test_project_names_are_normalised_as_compose_does(directory, expected):
+    assert normalize_project_name(directory) == expected
 
 
 @pytest.mark.parametrize(
@@ -33,7 +64,7 @@ def test_default_compose_file_is_found(tmp_path, filename):
         ({"name": "Notes App"}, "app name 'Notes App' is not usable"),
         ({"project_dir": "/nonexistent/notes"}, "project_dir /nonexistent/notes does not exist"),
         ({"compose_files": ["missing.yaml"]}, "compose file .*missing.yaml does not exist"),
-        ({}, "no compose.yaml, compose.yml"),
+        ({}, "no compose.yaml, compose.yml, docker-compose.yml or docker-compose.yaml"),
     ],
 )
 def test_bad_app_definitions_say_what_to_fix(tmp_path, overrides, message):
@@ -47,6 +78,27 @@ def test_env_file_parsing(tmp_path):
     )
     assert read_env_file(str(tmp_path / ".env")) == {"A": "1", "B": "two", "C": "quoted # not a comment", "D": "dq", "E": "val"}
     assert read_env_file(str(tmp_path / "absent")) == {}
+
+
+def test_env_file_parsing_follows_compose(tmp_path):
+    """The cases Compose 2.26 was asked about (its answers in the comments); integration tests ask it again."""
+    text = (
+        'A="x" # comment\n'            # x
+        "B='y' # c2\n"                  # y
+        "D=plain#nospace\n"             # plain#nospace
+        'E="multi\\nline \\"q\\" \\$HOME"\n'   # multi<newline>line "q" $HOME
+        "F='lit ${A} \\n'\n"            # lit ${A} \n
+        "G=${A}-exp\n"                  # x-exp
+        'H="${B}-dq"\n'                 # y-dq
+        "I=  spaced  \n"                # spaced
+        "J:colon\n"                     # colon
+        "O=$A$B\n"                      # xy
+        'P="a\nb"\n'                    # a<newline>b
+        "Q=${NOPE:-fallback}\n"         # fallback
+    )
+    assert parse_env_text(text, environ={}) == {
+        "A": "x", "B": "y", "D": "plain#nospace", "E": 'multi\nline "q" $HOME', "F": "lit ${A} \\n", "G": "x-exp",
+        "H": "y-dq", "I": "spaced", "J": "colon", "O": "xy", "P": "a\nb", "Q": "fallback"}
 
 
 def test_secret_values_and_scrub(tmp_path):

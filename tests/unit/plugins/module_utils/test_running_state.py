@@ -44,6 +44,10 @@ class FakeCompose:
         self._answer("version")
         return "2.29.1"
 
+    def env_values(self, keys: t.Iterable[str]) -> dict[str, str]:
+        self._answer("env")
+        return {k: "1.0" for k in keys}
+
 
 class FakeImage:
     id = IMAGE_ID
@@ -76,9 +80,9 @@ def app(tmp_path, monkeypatch):
             "env_file": str(project / ".env")}
 
 
-def test_the_three_compose_reads_run_beside_this_thread(app):
+def test_the_compose_reads_run_beside_this_thread(app):
     state = _release.running_state(FakeClient(), app, b"salt", [])
-    assert sorted(what for what, _thread in FakeCompose.calls) == ["config", "structure", "version"]
+    assert sorted(what for what, _thread in FakeCompose.calls) == ["config", "env", "structure", "version"]
     assert all(thread != threading.current_thread().name for _what, thread in FakeCompose.calls)
     assert state["runtime"] == {"engine_version": "27.3.1", "api_version": "1.47", "compose_version": "2.29.1"}
     assert state["schema_version"] == "2" and state["services"]["app"]["image_id"] == IMAGE_ID
