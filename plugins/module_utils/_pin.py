@@ -236,6 +236,19 @@ def apply_edits(text: str, edits: list[Edit]) -> str:
     return text
 
 
+def unpin_text(text: str, filename: str = "compose file") -> str:
+    """The file with the digest removed from every image scalar (anchored ones too): what pinning added,
+    taken away, so that a new tag or variable takes effect. Everything else stays byte for byte."""
+    cuts = []
+    for node in locate_images(text, filename).nodes:
+        found = re.search(r"@sha256:[0-9a-f]{64}", text[node.start:node.end])
+        if found:
+            cuts.append((node.start + found.start(), node.start + found.end()))
+    for start, end in sorted(cuts, reverse=True):
+        text = text[:start] + text[end:]
+    return text
+
+
 def plan_file(text: str, filename: str, env: t.Mapping[str, str],
               resolve: t.Callable[[ImageNode, str], dict[str, t.Any]]) -> dict[str, t.Any]:
     """Decide every image of one file.

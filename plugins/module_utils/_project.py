@@ -20,7 +20,6 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import O
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
 
 KEEP_LIVE = "__selfhost_rollback_keeps_the_live_value__"
-PINNED_IMAGE = re.compile(r"^(?P<head>\s*-?\s*image:\s*[\"']?[^\s\"'#]+?)@sha256:[0-9a-f]{64}", re.MULTILINE)
 ENV_LINE = re.compile(r"^(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
@@ -113,11 +112,6 @@ def merge_env(saved: str, live: str) -> tuple[str, list[str]]:
             continue
         out.append(line)
     return "".join(out), missing
-
-
-def unpin(text: str) -> str:
-    """Remove ``@sha256:…`` from image lines so that a new tag takes effect."""
-    return PINNED_IMAGE.sub(lambda m: m.group("head"), text)
 
 
 def set_env(text: str, updates: dict[str, str]) -> str:

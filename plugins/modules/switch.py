@@ -210,6 +210,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, unpin_text
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
@@ -366,7 +367,7 @@ def forward_files(module: AppModule, app: dict[str, t.Any]) -> dict[str, bytes]:
     if params["unpin"]:
         for path in app["compose_files"]:
             rel = os.path.relpath(path, app["project_dir"])
-            wanted[rel] = _project.unpin(wanted[rel].decode()).encode()
+            wanted[rel] = unpin_text(wanted[rel].decode(), rel).encode()
     return wanted
 
 
@@ -546,6 +547,7 @@ def main() -> None:
             "wait": {"type": "float", "default": 300},
             "lock_timeout": {"type": "float", "default": 60},
         },
+        errors=(PinError,),
         mutually_exclusive=[("release", "env"), ("release", "compose_src")],
         required_one_of=[("release", "env", "compose_src")],
     )

@@ -12,6 +12,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._pin import (
     locate_images,
     pin_suffix,
     plan_file,
+    unpin_text,
 )
 
 D1 = "sha256:" + "1" * 64
@@ -144,6 +145,15 @@ def test_an_ai_stack_pins_the_anchor_once_and_reports_the_rest():
     assert any("VECTOR_IMAGE" in w for w in plan["warnings"])
     assert any("local/worker:dev" in w and "image ID" in w for w in plan["warnings"])
     assert "s3cret" not in repr(plan["images"]) + repr(plan["warnings"])
+
+
+def test_unpinning_takes_away_exactly_what_pinning_added():
+    """Anchors, quotes and variables included: an upgrade's new tag must take effect."""
+    plan = plan_file(AI_STACK, "compose.yaml", {"WEBUI_SECRET_KEY": "s3cret"}, fake_resolve)
+    assert plan["after"] != AI_STACK
+    assert unpin_text(plan["after"]) == AI_STACK
+    text = "x-image: &img ${REG:-r}/notes:${V:-1.0}@" + D1 + "\nservices:\n  a:\n    image: *img\n  b:\n    image: 'x/y:2@" + D2 + "'\n"
+    assert unpin_text(text) == "x-image: &img ${REG:-r}/notes:${V:-1.0}\nservices:\n  a:\n    image: *img\n  b:\n    image: 'x/y:2'\n"
 
 
 def test_an_image_merged_from_an_anchor_is_pinned_at_the_anchor():

@@ -1,0 +1,212 @@
+"""Projects shaped the way people really ship them, deployed with a plain ``docker compose up -d``
+in their directory, through pre_upgrade, upgrade (broken, then good) and rollback.
+
+After every step the running project must be what ``docker compose config`` gives for the
+directory: every service it defines (the override file's included, the inactive profile's not)
+has a container on the image and with the settings Compose resolves; nothing else runs; the
+one-shot migration ended with exit code 0. The app definition names no compose file and no
+project name: Compose decides both.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, http, write_inventory
+
+STACKS = Path(__file__).parent / "stacks"
+
+
+class Stack:
+    """One copy of a corpus project in a temp directory, driven the way its user drives it."""
+
+    def __init__(self, template: str, tmp_path: Path, docker_client) -> None:
+        self.name = f"stack-{uuid.uuid4().hex[:8]}"
+        self.dir = tmp_path / "srv" / template  # the directory's name is not the project's name
+        shutil.copytree(STACKS / template, self.dir)
+        self.port = free_port()
+        self.password = f"canary-{secrets.token_hex(12)}"
+        self.store = tmp_path / "ledger"
+        self.client = docker_client
+        self.env = {
+            "STACK_NAME": self.name,
+            "NOTES_VERSION": "1.0",
+            "NOTES_DB_PASSWORD": self.password,
+            "NOTES_PORT": str(self.port),
+            "COMPOSE_PROFILES": "jobs",
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_env(self) -> None:
+        lines = [f"{k}={v}" for k, v in self.env.items()]
+        # quoted with a trailing comment: Compose reads 'concise answers', quotes and comment gone
+        lines.append('ANSWER_STYLE="concise answers" # how the assistant replies')
+        path = self.dir / ".env"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``docker compose`` exactly as the user runs it: in the directory, no -f, no -p."""
+        proc = subprocess.run(["docker", "compose", *args], cwd=self.dir, capture_output=True, text=True, timeout=300, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def definition(self) -> dict:
+        return {
+            "name": "shop-assistant",
+            "project_dir": str(self.dir),
+            "health": {"url": f"{self.url}/healthz"},
+            "databases": [{"service": "db", "engine": "postgres", "database": "notes", "user": "notes"}],
+            "volumes": ["dbdata", "uploads"],
+            "schema_probe": {"service": "db", "sql": "select coalesce(max(version), 0) from schema_migrations",
+                             "additive": ["2"]},
+        }
+
+    def containers(self) -> dict[str, object]:
+        found = {}
+        for container in self.client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.name}"}):
+            found.setdefault(container.labels["com.docker.compose.service"], []).append(container)
+        return found
+
+    def assert_runs_what_compose_says(self, step: str) -> None:
+        config = json.loads(self.compose("config", "--format", "json").stdout)
+        services = config["services"]
+        assert {"db", "migrate", "app", "worker", "sidecar"} == set(services), (step, sorted(services))
+        running = self.containers()
+        assert set(running) == set(services), f"{step}: containers {sorted(running)} but Compose defines {sorted(services)}"
+        for name, spec in services.items():
+            assert len(running[name]) == 1, (step, name, [c.name for c in running[name]])
+            container = running[name][0]
+            container.reload()
+            state = container.attrs["State"]
+            if name == "migrate":
+                assert (state["Status"], state["ExitCode"]) == ("exited", 0), (step, state)
+            else:
+                assert state["Status"] == "running", (step, name, state["Status"])
+            wanted_image = self.client.images.get(spec["image"]).id
+            assert container.attrs["Image"] == wanted_image, f"{step}: {name} runs another image than {spec['image']}"
+            env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+            for key, value in (spec.get("environment") or {}).items():
+                assert env.get(key) == value, f"{step}: {name} has {key}={env.get(key)!r}, Compose says {value!r}"
+
+    def health(self) -> dict:
+        status, body = http("GET", f"{self.url}/healthz")
+        assert status == 200, (status, body)
+        return body
+
+    def add_note(self, title: str) -> None:
+        status, reply = http("POST", f"{self.url}/notes", json.dumps({"title": title, "body": ""}).encode())
+        assert status == 201, (status, reply)
+
+    def titles(self) -> list[str]:
+        status, reply = http("GET", f"{self.url}/notes")
+        assert status == 200, (status, reply)
+        return [n["title"] for n in reply]
+
+    def destroy(self) -> None:
+        self.compose("--profile", "gpu", "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
+
+
+@pytest.fixture
+def ai_stack(tmp_path, docker_client, registry):
+    stack = Stack("ai-stack", tmp_path, docker_client)
+    stack.write_env()
+    try:
+        yield stack
+    finally:
+        stack.destroy()
+
+
+def test_ai_stack_keeps_every_service_and_setting_through_the_cycle(ai_stack, run_playbook, tmp_path):
+    stack = ai_stack
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "120")
+    stack.assert_runs_what_compose_says("deployed")
+    assert stack.health()["version"] == "1.0"
+    assert "gpu-runner" not in stack.containers()
+    inventory = write_inventory(tmp_path / "inventory.json",
+                                group_vars={"rollback_apps": [stack.definition()], "rollback_store": str(stack.store)})
+    ledger = stack.store / "shop-assistant"
+
+    stack.add_note("order 1017: two mugs")
+
+    # pre_upgrade finds the project Compose named (from the file's name:), with its override file
+    run = run_playbook("selfhost.rollback.pre_upgrade", inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    stack.assert_runs_what_compose_says("after pre_upgrade")
+    release = json.loads(next((ledger / "releases").glob("r-*.json")).read_text())
+    assert release["compose"]["project_name"] == stack.name
+    assert sorted(f["path"] for f in release["compose"]["files"]) == ["compose.override.yaml", "compose.yaml"]
+    assert {"migrate", "sidecar", "worker"} <= set(release["services"])
+
+    # a broken version whose one-shot migration succeeds (schema 3), then the app fails its gate:
+    # reverted automatically, with the data, and nothing left stuck
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.1"}}, inventory=inventory)
+    assert run.rc != 0
+    op = json.loads((ledger / "last_operation.json").read_text())
+    assert (op["kind"], op["outcome"], op["phase"]) == ("upgrade", "reverted", "done"), op
+    assert not (ledger / "journal.json").exists()
+    assert stack.health() == {"status": "ok", "version": "1.0", "schema": 1, "code_schema": 1}
+    assert stack.titles() == ["order 1017: two mugs"]
+    stack.assert_runs_what_compose_says("after the automatic revert")
+
+    # a good version migrates in its one-shot service and passes the gate
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}, "upgrade_max_p99_ratio": 0},
+                       inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert stack.health()["version"] == "1.1"
+    stack.assert_runs_what_compose_says("after the upgrade")
+
+    # and back, the way the user runs it at 11 p.m.
+    run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert stack.health()["version"] == "1.0"
+    assert stack.titles() == ["order 1017: two mugs"]
+    stack.assert_runs_what_compose_says("after the rollback")
+    assert "gpu-runner" not in stack.containers()
+    for path in run.stdout, json.dumps(json.loads((ledger / "last_operation.json").read_text())):
+        assert stack.password not in path
+
+
+def test_a_project_started_under_another_name_is_one_sentence(ai_stack, module_playbook):
+    """The inventory names a project; the containers in that directory say another: stop, name the option."""
+    stack = ai_stack
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "120")
+    app = dict(stack.definition(), project_name="shop")
+    run, result = module_playbook("selfhost.rollback.app_info", {"app": app, "store": str(stack.store)})
+    assert run.rc != 0
+    assert f"belong to Compose project {stack.name!r}, not 'shop'" in result["msg"], result["msg"]
+    assert f"set project_name: {stack.name}" in result["msg"]
+    # files: the user brought it up with the base file only; the definition (Compose's defaults) reads the override too
+    stack.compose("-f", "compose.yaml", "up", "-d")
+    run, result = module_playbook("selfhost.rollback.app_info", {"app": stack.definition(), "store": str(stack.store)})
+    assert run.rc != 0
+    assert "were started with the compose files compose.yaml, but the definition reads compose.yaml, compose.override.yaml" \
+        in result["msg"], result["msg"]
+
+
+def test_env_values_are_read_as_compose_reads_them(ai_stack):
+    """The env file parser against Compose itself, on the lines that trip hand-written parsers."""
+    from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app
+    from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, parse_env_text
+
+    stack = ai_stack
+    text = (
+        'A="x" # comment\n' "B='y' # c2\n" "C=plain # c3\n" "D=plain#nospace\n" 'E="multi\\nline \\"q\\" \\$HOME"\n'
+        "F='lit ${A} \\n'\n" "G=${A}-exp\n" 'H="${B}-dq"\n' "I=  spaced  \n" "J:colon\n" "export K=exported\n" "L=\n"
+        "N=with'quote\n" "O=$A$B\n" 'P="a\nb"\n' "Q=${NOPE:-fallback}\n"
+    )
+    (stack.dir / ".env").write_text((stack.dir / ".env").read_text() + text)
+    ours = parse_env_text((stack.dir / ".env").read_text(), environ={})
+    theirs = Compose(validate_app(stack.definition())).env_values(ours)
+    assert ours == theirs
