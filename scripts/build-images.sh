@@ -45,4 +45,7 @@ build "$REGISTRY/selfhost/postgres:15" images/postgres
 for v in $NOTES_VERSIONS; do
   build "$REGISTRY/selfhost/notes:$v" images/notes --build-arg "NOTES_VERSION=$v"
 done
-say "images in $REGISTRY: tools:busybox postgres:15 notes:{${NOTES_VERSIONS// /,}}"
+for v in 1 2; do
+  build "$REGISTRY/selfhost/vectors:$v" images/vectors --build-arg "VECTORS_VERSION=$v"
+done
+say "images in $REGISTRY: tools:busybox postgres:15 notes:{${NOTES_VERSIONS// /,}} vectors:{1,2}"

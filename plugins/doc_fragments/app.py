@@ -93,7 +93,11 @@ options:
             description: Database user; connections use the container's local socket, so no password is passed.
             type: str
           path:
-            description: For C(sqlite), the database file's path inside the container.
+            description:
+              - For C(sqlite), the database file's path inside the container.
+              - When the file lies in a volume the backup captures (an embedded database next to its index
+                files), it is captured with that volume, while the volume's writers are quiesced, and restored
+                with it, once; otherwise it is copied with SQLite's online backup.
             type: str
       volumes:
         description:
@@ -107,17 +111,27 @@ options:
         elements: str
         default: []
       schema_probe:
-        description: SQL that returns the app's schema version, run in a database service.
+        description:
+          - How to read the app's schema version, for any engine, with exactly one of O(app.schema_probe.sql) and
+            O(app.schema_probe.command).
         type: dict
         suboptions:
           service:
-            description: Compose service to run the query in.
+            description: Compose service to run the query or the command in.
             type: str
             required: true
           sql:
-            description: Query returning one value.
+            description:
+              - Query returning one value, run with the client of the service's O(app.databases) entry
+                (C(psql), C(mysql), or C(sqlite3) on its O(app.databases[].path)).
             type: str
-            required: true
+          command:
+            description:
+              - A command run in the service (no shell), whose first line of output is the schema version;
+                for an engine without a client there, or a version kept in a file
+                (for example V([python3, -c, "import sqlite3; print(sqlite3.connect('/data/app.db').execute('pragma user_version').fetchone()[0])"])).
+            type: list
+            elements: str
           database:
             description: Database to query. Defaults to the first O(app.databases) entry of that service.
             type: str
@@ -142,6 +156,16 @@ options:
         type: list
         elements: str
         default: []
+      consistency:
+        description:
+          - How writers are kept still while each volume or path (by its name in O(app.volumes) or
+            O(app.paths)) is read by a backup; what the O(selfhost.rollback.backup#module:consistency)
+            option of a backup task adds or overrides.
+          - V(pause) (the default) freezes the containers that mount it; V(stop) stops them and starts
+            them again (for writers that must flush, or a database file inside the volume); V(none)
+            reads it live.
+        type: dict
+        default: {}
       version_locks:
         description: Groups of services that must always run the same version.
         type: list

@@ -59,7 +59,8 @@ def app_option_spec() -> dict[str, t.Any]:
             "type": "dict",
             "options": {
                 "service": {"type": "str", "required": True},
-                "sql": {"type": "str", "required": True},
+                "sql": {"type": "str"},
+                "command": {"type": "list", "elements": "str"},
                 "database": {"type": "str"},
                 "user": {"type": "str"},
                 "additive": {"type": "list", "elements": "str", "default": []},
@@ -67,6 +68,7 @@ def app_option_spec() -> dict[str, t.Any]:
         },
         "version_locks": {"type": "list", "elements": "list", "default": []},
         "one_shot": {"type": "list", "elements": "str", "default": []},
+        "consistency": {"type": "dict", "default": {}},
         "artifacts": {
             "type": "list",
             "elements": "dict",
@@ -121,6 +123,14 @@ def validate_app(app: dict[str, t.Any]) -> dict[str, t.Any]:
     resolved["project_name"], resolved["project_name_from"] = project_name_of(app, compose_env, resolved["compose_files"])
     for key in ("health", "schema_probe"):
         resolved[key] = app.get(key) or None
+    probe = resolved["schema_probe"]
+    if probe and bool(probe.get("sql")) == bool(probe.get("command")):
+        raise AppError(f"app {name}: schema_probe needs exactly one of sql (a query, for postgres, mysql, mariadb or sqlite) "
+                       "or command (run in the service; its first line of output is the schema version)")
+    resolved["consistency"] = {str(k): str(v) for k, v in (app.get("consistency") or {}).items()}
+    for key, mode in resolved["consistency"].items():
+        if mode not in ("stop", "pause", "none"):
+            raise AppError(f"app {name}: consistency {mode!r} for {key} is not one of stop, pause, none")
     resolved["one_shot"] = list(app.get("one_shot") or [])
     return resolved
 

@@ -152,6 +152,7 @@ class Source:
         self.database: dict[str, t.Any] = {}
         self.container: t.Any = None
         self.service: str | None = None
+        self.databases: list[dict[str, str]] = []  # embedded databases this volume holds (captured with it)
 
     def describe(self) -> dict[str, t.Any]:
         out: dict[str, t.Any] = {"kind": self.kind, "name": self.name, "consistency": self.consistency}
@@ -159,6 +160,8 @@ class Source:
             out.update(service=self.service, engine=self.database.get("engine"), database=self.database.get("database"))
         else:
             out["quiesce"] = sorted(container_service(c) for c in self.containers) if self.consistency != "none" else []
+            if self.databases:
+                out["databases"] = [d["name"] for d in self.databases]
         return out
 
 
@@ -186,13 +189,14 @@ def resolve_sources(app: dict[str, t.Any], client: t.Any, config: dict[str, t.An
     skipped: list[dict[str, str]] = []
     sources: list[Source] = []
 
-    db_services = set()
+    db_services = set()  # services that run a database server, whose data directory its dump captures
     for database in app.get("databases") or []:
         service = database["service"]
         if service not in services:
             raise OperatorError(f"app {name}: database service {service!r} is not a service of the compose project "
                                 f"(services: {', '.join(sorted(services)) or 'none'}); fix app.databases")
-        db_services.add(service)
+        if database["engine"] != "sqlite":
+            db_services.add(service)
         source = Source("database", f"{service}-{database['database']}", "dump")
         source.database = database
         source.service = service
@@ -234,6 +238,7 @@ def resolve_sources(app: dict[str, t.Any], client: t.Any, config: dict[str, t.An
             m.get("Type") == "bind" and _overlaps(m.get("Source", ""), path) for m in c.attrs.get("Mounts") or [])]
         sources.append(source)
 
+    sources = _embedded_in_volumes(app, sources, running)
     for source in sources:
         if source.kind == "database":
             source.container = _running_service_container(app, running, source.service)
@@ -245,6 +250,37 @@ def resolve_sources(app: dict[str, t.Any], client: t.Any, config: dict[str, t.An
     if unknown:
         raise OperatorError(f"app {name}: consistency names unknown sources: {', '.join(sorted(unknown))}")
     return sources, skipped
+
+
+def _embedded_in_volumes(app: dict[str, t.Any], sources: list[Source], running: list[t.Any]) -> list[Source]:
+    """An SQLite file that lies in a captured volume is captured with that volume, once.
+
+    Its index files, uploads or models sit beside it and must come back from the same moment,
+    so the file is read with the volume while the volume's writers are quiesced (a paused or
+    stopped writer leaves the file and its WAL consistent on disk) and restored with it; a
+    separate online backup would write it twice on restore.
+    """
+    volumes = {s.volume: s for s in sources if s.kind == "volume"}
+    kept = []
+    for source in sources:
+        if source.kind != "database" or source.database.get("engine") != "sqlite":
+            kept.append(source)
+            continue
+        container = next((c for c in running if container_service(c) == source.service), None)
+        path = _dumps.sqlite_path(source.database)
+        mount = next((m for m in (container.attrs.get("Mounts") or []) if m.get("Type") == "volume"
+                      and (path == m.get("Destination", "").rstrip("/") or path.startswith(m.get("Destination", "").rstrip("/") + "/"))),
+                     None) if container is not None else None
+        holder = volumes.get(mount.get("Name")) if mount else None
+        if holder is None:
+            kept.append(source)
+            continue
+        if holder.consistency == "none":
+            raise OperatorError(f"app {app['name']}: the SQLite database {path} lies in volume {holder.name}, whose consistency "
+                                "is none; a live copy of a database file is not consistent, so set consistency for "
+                                f"{holder.name} to pause or stop")
+        holder.databases.append({"name": source.name, "path": path, "service": source.service})
+    return kept
 
 
 def _overlaps(mount_source: str, path: str) -> bool:
@@ -560,6 +596,8 @@ def _capture(source: Source, directory: str, compression: str, options: BackupOp
             item.update(files=writer.files, raw_bytes=writer.raw_bytes, format="tar-pax")
             if source.kind == "volume":
                 item["volume"] = source.volume
+                if source.databases:
+                    item["databases"] = source.databases
             if writer.skipped:
                 item["skipped"] = writer.skipped
         stored = sink.close()

@@ -422,20 +422,24 @@ def schema_version(client: t.Any, app: dict[str, t.Any]) -> str | None:
     if not probe:
         return None
     declared = database_for(app, probe["service"])
-    engine = declared.get("engine", "postgres")
-    database = probe.get("database") or declared.get("database")
-    user = probe.get("user") or declared.get("user")
-    if not database:
-        raise OperatorError(f"app {app['name']}: schema_probe needs a database (set schema_probe.database or declare it in databases)")
-    if engine == "sqlite":
-        argv = ["sqlite3", declared.get("path") or database, probe["sql"]]
+    if probe.get("command"):
+        argv = list(probe["command"])
     else:
-        argv = sql_argv(engine, database, user, probe["sql"])
+        engine = declared.get("engine", "postgres")
+        database = probe.get("database") or declared.get("database")
+        user = probe.get("user") or declared.get("user")
+        if not database:
+            raise OperatorError(f"app {app['name']}: schema_probe needs a database (set schema_probe.database or declare it "
+                                "in databases), or a command")
+        if engine == "sqlite":
+            argv = ["sqlite3", declared.get("path") or database, probe["sql"]]
+        else:
+            argv = sql_argv(engine, database, user, probe["sql"])
     rc, out, err = exec_in_service(client, app, probe["service"], argv)
     if rc != 0:
         raise OperatorError(
             f"app {app['name']}: the schema probe failed in service {probe['service']} (rc {rc}): "
-            f"{last_lines(err.decode(errors='replace'))}; check schema_probe.sql and the database name"
+            f"{last_lines(err.decode(errors='replace'))}; check schema_probe (its sql and database, or its command)"
         )
     value = out.decode(errors="replace").strip().splitlines()
     return value[0].strip() if value else None

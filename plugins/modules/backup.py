@@ -196,7 +196,7 @@ def back_up(module: AppModule) -> dict[str, t.Any]:
     result = module.result
     result.update(changed=False, set_id=None, items=[], left_out=[], actions=[])
     app = module.app
-    consistency = {str(k): str(v) for k, v in params["consistency"].items()}
+    consistency = dict(module.app["consistency"], **{str(k): str(v) for k, v in params["consistency"].items()})
     restic = _backup.restic_from_params(params["restic"]) if params["backend"] == "restic" else None
     if restic is not None:
         module.cleanup(restic.close)

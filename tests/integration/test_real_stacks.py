@@ -210,3 +210,79 @@ def test_env_values_are_read_as_compose_reads_them(ai_stack):
     ours = parse_env_text((stack.dir / ".env").read_text(), environ={})
     theirs = Compose(validate_app(stack.definition())).env_values(ours)
     assert ours == theirs
+
+
+# --------------------------------------------------------------------------- an embedded database
+
+
+SCHEMA_BY_COMMAND = ["python3", "-c", "import sqlite3; print(sqlite3.connect('file:/data/store.db?mode=ro', uri=True)"
+                     ".execute('pragma user_version').fetchone()[0])"]
+
+
+@pytest.fixture
+def vectors(tmp_path, docker_client, registry):
+    directory = tmp_path / f"vectors-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(STACKS / "vectors", directory)
+    port = free_port()
+    (directory / ".env").write_text(f"VECTORS_VERSION=1\nVECTORS_PORT={port}\n")
+
+    def compose(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["docker", "compose", *args], cwd=directory, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    compose("up", "-d", "--wait", "--wait-timeout", "120")
+    try:
+        yield directory, f"http://127.0.0.1:{port}", compose
+    finally:
+        subprocess.run(["docker", "compose", "down", "-v", "--timeout", "5"], cwd=directory, capture_output=True, check=False)
+
+
+def test_an_embedded_database_and_its_files_come_back_together(vectors, run_playbook, tmp_path):
+    """SQLite plus one index file per item in one volume: upgrade, rollback and drill with every item readable."""
+    directory, url, _compose = vectors
+    texts = [f"item {n} about {'mugs' if n % 7 == 0 else 'plates'}" for n in range(2000)]
+    status, reply = http("POST", f"{url}/items", json.dumps({"texts": texts}).encode(), timeout=60)
+    assert status == 201 and len(reply["ids"]) == 2000, (status, reply)
+    before = http("GET", f"{url}/search?q=mugs")[1]["ids"]
+    assert len(before) == 286
+
+    app = {
+        "name": "vectors",
+        "project_dir": str(directory),
+        "health": {"url": f"{url}/healthz"},
+        "databases": [{"service": "vectors", "engine": "sqlite", "database": "store", "path": "/data/store.db"}],
+        "volumes": ["store"],
+        "consistency": {"store": "stop"},
+        "schema_probe": {"service": "vectors", "command": SCHEMA_BY_COMMAND},
+    }
+    store = tmp_path / "ledger"
+    inventory = write_inventory(tmp_path / "inventory.json", group_vars={"rollback_apps": [app], "rollback_store": str(store)})
+
+    run = run_playbook("selfhost.rollback.pre_upgrade", inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    manifest = json.loads(next((store / "vectors" / "backups").glob("b-*/manifest.json")).read_text())
+    kinds = [(item["kind"], item["name"]) for item in manifest["items"]]
+    assert kinds == [("volume", "store")], kinds  # the SQLite file is captured once, with its index files
+    assert manifest["items"][0]["consistency"] == "stop" and manifest["items"][0]["databases"][0]["path"] == "/data/store.db"
+
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"VECTORS_VERSION": "2"}, "upgrade_max_p99_ratio": 0},
+                       inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert http("GET", f"{url}/healthz")[1]["version"] == 2
+    assert http("GET", f"{url}/search?q=mugs")[1]["ids"] == before
+
+    check = run_playbook("selfhost.rollback.rollback", inventory=inventory, check=True)
+    assert check.rc == 0, check.stdout[-3000:]
+    run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert http("GET", f"{url}/healthz")[1]["version"] == 1
+    items = http("GET", f"{url}/items", timeout=30)[1]
+    assert len(items) == 2000 and all(item["readable"] for item in items), sum(1 for i in items if not i["readable"])
+    assert http("GET", f"{url}/search?q=mugs")[1]["ids"] == before
+
+    drill = run_playbook("selfhost.rollback.drill", {
+        "drill_target": "current",
+        "drill_settings": {"vectors": {"smoke": [{"path": "/search?q=mugs", "status": 200, "contains": str(before[:3])[1:-1]}]}},
+    }, inventory=inventory)
+    assert drill.rc == 0, drill.stdout[-3000:]
