@@ -360,7 +360,7 @@ class Quiesce:
             (self.stopped if mode == "stop" else self.paused).append(container)
             self._remember()
             if mode == "stop":
-                container.stop(timeout=30)
+                container.stop()  # the container's own stop timeout (Compose sets it from stop_grace_period)
             else:
                 _pause(container)
             self.actions.append(f"{mode} {container_service(container)}")

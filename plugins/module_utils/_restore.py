@@ -192,7 +192,8 @@ def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, 
         if step["kind"] in ("volume", "path"):
             precheck(step["item"], set_directory, restic)
     if running_before:
-        compose.run("stop", "--timeout", "30", what="stopping the app before the restore")
+        # each service's own stop_grace_period (Compose's default 10 s), as 'docker compose stop' would
+        compose.run("stop", what="stopping the app before the restore")
         actions.append("stopped " + ", ".join(running_before))
     compose.run("up", "--no-start", "--no-recreate", what="creating the project's volumes and containers")
     for step in plan["steps"]:

@@ -26,7 +26,8 @@ def test_full_cycle_keeps_secrets_modes_and_check_mode_promises(demo_app, run_pl
     demo = demo_app
     reports = tmp_path / "reports"
     # latency is not what this test judges, and -vvvv with a /proc sampler slows the machine
-    inventory = inventory_for(demo, tmp_path, report_dest=str(reports), rollback_max_p99_ratio=50, drill_fail_on_failure=False)
+    inventory = inventory_for(demo, tmp_path, report_dest=str(reports), rollback_max_p99_ratio=50, drill_fail_on_failure=False,
+                              pre_upgrade_archive_images=True)  # the whole product, image archive included
     log = tmp_path / "ansible.log"
     env = {"ANSIBLE_LOG_PATH": str(log)}
     outputs: list[str] = []
