@@ -32,6 +32,7 @@ mkdir -p "$VENV/collections/ansible_collections/selfhost"
 ln -sfn "$ROOT" "$VENV/collections/ansible_collections/selfhost/rollback"
 
 bash scripts/build-images.sh
+bash scripts/build-real-apps.sh
 bash scripts/build-host-image.sh
 bash scripts/setup-browser.sh
 say "ready: venv $VENV, collection selfhost.rollback -> $ROOT"

@@ -73,3 +73,15 @@ def test_container_state_and_health_are_reasons():
 def test_ratio_zero_judges_health_and_errors_only():
     passed, reasons = verdict(summarize(samples([900.0] * 5)), baseline={"p99_ms": 10.0}, max_p99_ratio=0)
     assert passed and reasons == []
+
+
+def test_a_one_shot_service_is_judged_by_its_exit_code():
+    figures = summarize(samples([2.0] * 20))
+    done = {"app": {"state": "running", "health": "healthy"}, "migrate": {"state": "exited", "health": None, "one_shot": True, "exit_code": 0}}
+    assert verdict(figures, containers=done) == (True, [])
+    broken = dict(done, migrate={"state": "exited", "health": None, "one_shot": True, "exit_code": 3})
+    assert verdict(figures, containers=broken) == (
+        False, ["one-shot service migrate exited with code 3; see 'docker compose logs migrate'"])
+    # a service nobody declared one-shot that exits is down, whatever its code
+    plain = dict(done, migrate={"state": "exited", "health": None})
+    assert verdict(figures, containers=plain) == (False, ["service migrate is exited, not running"])
