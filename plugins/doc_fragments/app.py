@@ -166,6 +166,18 @@ options:
             reads it live.
         type: dict
         default: {}
+      pins:
+        description:
+          - Where the digest pins of the app's images live.
+          - V(compose_files) writes C(@sha256:...) into the image lines of the compose files (only those bytes change).
+          - V(own_file) leaves the project's files untouched, for a deploy tool that templates C(compose.yaml), and
+            keeps the pins in the collection's own compose file C(<store>/<app>/pins.yaml), which every Compose call
+            of the collection adds after the project's files. By hand, run
+            C(docker compose -f compose.yaml [-f compose.override.yaml] -f <store>/<app>/pins.yaml up -d); a plain
+            C(docker compose up -d) runs what the tags name.
+        type: str
+        choices: [compose_files, own_file]
+        default: compose_files
       version_locks:
         description: Groups of services that must always run the same version.
         type: list

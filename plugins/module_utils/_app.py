@@ -22,6 +22,7 @@ APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # what 'docker compose' reads in a directory when it is given no -f (Compose 2.x, in this order)
 DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 OVERRIDE_FILES = ("compose.override.yml", "compose.override.yaml", "docker-compose.override.yml", "docker-compose.override.yaml")
+PINS_FILE = "pins.yaml"
 TOP_LEVEL_NAME = re.compile(r"^name\s*:", re.MULTILINE)
 
 
@@ -69,6 +70,7 @@ def app_option_spec() -> dict[str, t.Any]:
         "version_locks": {"type": "list", "elements": "list", "default": []},
         "one_shot": {"type": "list", "elements": "str", "default": []},
         "consistency": {"type": "dict", "default": {}},
+        "pins": {"type": "str", "default": "compose_files", "choices": ["compose_files", "own_file"]},
         "artifacts": {
             "type": "list",
             "elements": "dict",
@@ -96,8 +98,13 @@ class AppError(Exception):
     """An app definition that cannot be used; the message is for the operator."""
 
 
-def validate_app(app: dict[str, t.Any]) -> dict[str, t.Any]:
-    """Check what the argument spec cannot; return the app with defaults resolved."""
+def validate_app(app: dict[str, t.Any], store: str | None = None) -> dict[str, t.Any]:
+    """Check what the argument spec cannot; return the app with defaults resolved.
+
+    With ``pins: own_file`` and a ``store``, ``pins_file`` is the collection's own compose file
+    of digest pins (``<store>/<app>/pins.yaml``), which every Compose call adds after the
+    project's own files; None otherwise.
+    """
     name = app["name"]
     if not APP_NAME_RE.match(name):
         raise AppError(
@@ -132,6 +139,9 @@ def validate_app(app: dict[str, t.Any]) -> dict[str, t.Any]:
         if mode not in ("stop", "pause", "none"):
             raise AppError(f"app {name}: consistency {mode!r} for {key} is not one of stop, pause, none")
     resolved["one_shot"] = list(app.get("one_shot") or [])
+    own = (app.get("pins") or "compose_files") == "own_file"
+    resolved["pins_file"] = os.path.join(store, name, PINS_FILE) if own and store else None
+    resolved["extra_files"] = []  # the collection's own overrides for one call (a switch's image override)
     return resolved
 
 

@@ -115,6 +115,10 @@ class Compose:
         args = [self.cli, "compose", "--project-directory", self.app["project_dir"], "-p", self.app["project_name"]]
         for path in self.app["compose_files"]:
             args += ["-f", path]
+        # the collection's own files come last: the digest pins (pins: own_file), then a call's override
+        pins = self.app.get("pins_file")
+        for path in ([pins] if pins and os.path.isfile(pins) else []) + list(self.app.get("extra_files") or []):
+            args += ["-f", path]
         # Compose reads <project dir>/.env by itself (and COMPOSE_ENV_FILES); only another file is named
         if os.path.isfile(self.app["env_file"]) and self.app["env_file"] != os.path.join(self.app["project_dir"], ".env"):
             args += ["--env-file", self.app["env_file"]]

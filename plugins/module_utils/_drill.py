@@ -441,7 +441,8 @@ class Drill:
             ensure_dir(os.path.dirname(path))
             atomic_write_bytes(path, data)
         rel_compose = [os.path.relpath(p, self.app["project_dir"]) for p in self.app["compose_files"]]
-        target = dict(self.app, project_name=self.project, project_dir=self.workdir,
+        # the copy runs the release's exact images from its own override, never the live app's pins
+        target = dict(self.app, project_name=self.project, project_dir=self.workdir, pins_file=None, extra_files=[],
                       compose_files=[os.path.join(self.workdir, r) for r in rel_compose if os.path.isfile(os.path.join(self.workdir, r))],
                       env_file=os.path.join(self.workdir, os.path.relpath(self.app["env_file"], self.app["project_dir"])))
         if not target["compose_files"]:

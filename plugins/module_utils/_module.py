@@ -131,7 +131,7 @@ class AppModule:
         if self._app is None:
             if not self.has_app:
                 raise AppError("this module takes no app definition")
-            self._app = validate_app(self.params["app"])
+            self._app = validate_app(self.params["app"], self.params.get("store"))
         return self._app
 
     @property

@@ -30,6 +30,7 @@ def target_app(app: dict[str, t.Any], project_name: str | None, project_dir: str
     target = dict(app)
     if project_name:
         target["project_name"] = project_name
+        target["pins_file"] = None  # a copy is not pinned by the live app's pins
     if project_dir:
         if not os.path.isdir(project_dir):
             raise OperatorError(f"app {app['name']}: target project_dir {project_dir} is not a directory")

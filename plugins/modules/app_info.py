@@ -73,6 +73,11 @@ compose_files:
   type: list
   elements: str
   sample: [/srv/notes/compose.yaml, /srv/notes/compose.override.yaml]
+compose_command:
+  description: The C(docker compose) command prefix that drives exactly this project by hand (its files, the pins file with O(app.pins=own_file), its name).
+  returned: always
+  type: str
+  sample: docker compose --project-directory /srv/chat -p chat -f /srv/chat/compose.yaml -f /var/lib/selfhost-rollback/chat/pins.yaml
 compose_files_from:
   description: Where that list comes from (C(compose_files), C(COMPOSE_FILE), or the default file names).
   returned: always
@@ -118,6 +123,8 @@ reasons:
   sample: []
 """
 
+import os
+import shlex
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
@@ -157,6 +164,14 @@ def describe(client: t.Any, app: dict[str, t.Any], declared: dict[str, t.Any]) -
     return services
 
 
+def compose_command(app: dict[str, t.Any]) -> str:
+    """The ``docker compose`` prefix that drives the same project by hand (files, pins, name)."""
+    words = ["docker", "compose", "--project-directory", app["project_dir"], "-p", app["project_name"]]
+    for path in list(app["compose_files"]) + ([app["pins_file"]] if app.get("pins_file") and os.path.isfile(app["pins_file"]) else []):
+        words += ["-f", path]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def report(module: AppModule) -> dict[str, t.Any]:
     app = module.app
     check_live_project(module.client, app)
@@ -175,6 +190,7 @@ def report(module: AppModule) -> dict[str, t.Any]:
         "project_name_from": app["project_name_from"],
         "compose_files": app["compose_files"],
         "compose_files_from": app["compose_files_from"],
+        "compose_command": compose_command(app),
         "services": services,
         "running": bool(services) and all(s["state"] == "running" or (s.get("one_shot") and s["state"] == "exited")
                                           for s in services.values()),

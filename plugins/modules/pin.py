@@ -21,6 +21,12 @@ description:
   - Images with no registry digest (built locally) stay as they are, with a warning; M(selfhost.rollback.release)
     records them by image ID and keeps them in the image archive. Services with only C(build:) are skipped.
   - Images that are already pinned are left as they are.
+  - With O(app.pins=own_file) the project's files are never written (a deploy tool that templates
+    C(compose.yaml) keeps owning it): the digests go into the collection's own compose file
+    C(<store>/<app>/pins.yaml), one image line per service as Compose resolves it (an image given
+    entirely by a variable is pinned too), and every Compose call the collection makes adds that
+    file after the project's own. M(selfhost.rollback.app_info) returns the command that does the
+    same by hand (RV(selfhost.rollback.app_info#module:compose_command)).
 author:
   - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
@@ -99,6 +105,11 @@ files:
       description: Services with no image (only C(build:)), which are not pinned.
       type: list
       elements: str
+pins_file:
+  description: The collection's own pins file, written instead of the project's files.
+  returned: when O(app.pins=own_file)
+  type: str
+  sample: /var/lib/selfhost-rollback/chat/pins.yaml
 pins:
   description: The changes made (or in check mode that would be made), one per image scalar.
   returned: success
@@ -106,10 +117,10 @@ pins:
   elements: dict
   contains:
     path:
-      description: Compose file.
+      description: Compose file (with O(app.pins=own_file), the pins file).
       type: str
     line:
-      description: Line of the image scalar.
+      description: Line of the image scalar (V(null) with O(app.pins=own_file)).
       type: int
     services:
       description: Services using that image scalar (several when it is an anchor).
@@ -141,6 +152,7 @@ reasons:
   sample: []
 """
 
+import json
 import os
 import tempfile
 import typing as t
@@ -149,8 +161,17 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, project_containers, read_env_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import pull, resolve
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
-from ansible_collections.selfhost.rollback.plugins.module_utils._pin import HAS_RUAMEL, ImageNode, PinError, locate_images, plan_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._pin import (
+    DIGEST_IN_REF,
+    HAS_RUAMEL,
+    ImageNode,
+    PinError,
+    locate_images,
+    pin_suffix,
+    plan_file,
+)
 
 
 class Resolver:
@@ -245,8 +266,55 @@ def pin_app(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
     return result
 
 
+def pin_own_file(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
+    """``pins: own_file``: the user's files stay as they are; the digests go into the collection's own
+    compose file (``pins_file``), one image line per service, which every Compose call of the
+    collection adds after the project's files. Images come as Compose resolves them."""
+    client = module.client
+    config = Compose(dict(app, pins_file=None)).config()  # what the project's own files say, pins aside
+    resolver = Resolver(client, app, config, module.params["pull"])
+    lines = [f"# written by selfhost.rollback.pin for app {app['name']}: the digest of every image, so that",
+             "# 'docker compose -f <the project's files> -f " + app["pins_file"] + " up -d' runs exactly these images",
+             "services:"]
+    pins = []
+    for name, spec in sorted((config.get("services") or {}).items()):
+        ref = spec.get("image")
+        if not ref:
+            module.warn(f"service {name} has only build: and no image, so nothing is pinned for it; the release records "
+                        "the image it runs by image ID and the archive keeps it")
+            continue
+        if DIGEST_IN_REF.search(ref):
+            pinned = ref
+        else:
+            found = resolver(ImageNode(services=[name], value=ref, start=0, end=0, line=0, style=None), ref)
+            if not found.get("digest"):
+                if found.get("image_id"):
+                    module.warn(f"{ref} (service {name}) has no registry digest, so it stays unpinned; the release records it "
+                                f"by image ID {found['image_id']} and the image archive keeps it restorable")
+                continue
+            pinned = ref + pin_suffix(ref, found["digest"])
+            pins.append({"path": app["pins_file"], "line": None, "services": [name], "before": ref, "after": pinned})
+        lines.append(f"  {name}:\n    image: {json.dumps(pinned)}")
+    text = "\n".join(lines) + "\n"
+    before = ""
+    if os.path.isfile(app["pins_file"]):
+        with open(app["pins_file"], encoding="utf-8") as handle:
+            before = handle.read()
+    changed = before != text
+    if changed and not module.check_mode:
+        with module.lock("pinning the images"):
+            atomic_write_bytes(app["pins_file"], text.encode())
+    result: dict[str, t.Any] = {"changed": changed, "pins_file": app["pins_file"], "pins": pins if changed else [],
+                                "files": [{"path": p, "changed": False, "images": [], "skipped_services": []} for p in app["compose_files"]]}
+    if module.diff_mode and changed:
+        result["diff"] = [{"before_header": app["pins_file"], "after_header": app["pins_file"], "before": before, "after": text}]
+    return result
+
+
 def pin(module: AppModule) -> dict[str, t.Any]:
     try:
+        if module.app.get("pins_file"):
+            return pin_own_file(module, module.app)
         return pin_app(module, module.app)
     except PinError as exc:
         raise OperatorError(f"app {module.name}: nothing was pinned: {exc}") from exc

@@ -296,7 +296,7 @@ def start_beside(client: t.Any, app: dict[str, t.Any], override: str, service: s
     """Start the service's new container next to the old one, wait until it is healthy, then remove the old one."""
     filters = {"label": [f"com.docker.compose.project={app['project_name']}", f"com.docker.compose.service={service}"]}
     old = client.containers.list(filters=filters)
-    target = dict(app, compose_files=list(app["compose_files"]) + [override])
+    target = dict(app, extra_files=[override])
     # --no-recreate keeps the old containers (and the dependencies) as they are; the added ones get the
     # service's new configuration. Not --no-deps: it drops depends_on from the configuration Compose
     # hashes, and the next plain 'up' would then recreate the new container.
@@ -384,6 +384,27 @@ def diff_of(app: dict[str, t.Any], changed: list[str], current: dict[str, bytes]
     return diffs
 
 
+def restore_pins(app: dict[str, t.Any], record: dict[str, t.Any]) -> None:
+    """pins: own_file - the pins file says the release's digests again (services without one are left out)."""
+    if not app.get("pins_file"):
+        return
+    lines = [f"# written by selfhost.rollback.switch for app {app['name']}: the digests of release {record['release_id']}",
+             "services:"]
+    for name, service in sorted((record.get("services") or {}).items()):
+        if service.get("pinned_ref"):
+            lines.append(f"  {name}:\n    image: {json.dumps(service['pinned_ref'])}")
+    if len(lines) > 2:
+        atomic_write_bytes(app["pins_file"], ("\n".join(lines) + "\n").encode())
+    else:
+        drop_pins(app)
+
+
+def drop_pins(app: dict[str, t.Any]) -> None:
+    """Remove the collection's own pins file (pins: own_file); the next pin writes it again."""
+    if app.get("pins_file") and os.path.isfile(app["pins_file"]):
+        os.remove(app["pins_file"])
+
+
 def settled(live: dict[str, t.Any], one_shot: bool) -> bool:
     """A service needs no start: it runs, or (one-shot) it ran to the end with exit code 0."""
     return live.get("state") == "running" or (one_shot and live.get("state") == "exited" and live.get("exit_code") == 0)
@@ -395,9 +416,7 @@ def bring_up(app: dict[str, t.Any], extra_file: str | None, pull: str, wait: flo
     Never ``--remove-orphans``: a service the files do not define (any more) is reported by the
     switch, not deleted (:func:`outside`).
     """
-    target = dict(app)
-    if extra_file:
-        target["compose_files"] = list(app["compose_files"]) + [extra_file]
+    target = dict(app, extra_files=[extra_file] if extra_file else [])
     Compose(target).run("up", "-d", "--pull", pull, timeout=wait, what="bringing the project up")
 
 
@@ -464,7 +483,8 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         load(client, docker_cli(), ledger, record, rows)
         for rel in changed_files:
             _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
-        app = validate_app(module.params["app"])  # the compose files may have changed
+        restore_pins(app, record)  # pins: own_file - the release's digests, as its saved files hold them otherwise
+        app = validate_app(module.params["app"], module.params["store"])  # the compose files may have changed
         config = Compose(app).config()
         if beside:
             try:
@@ -508,6 +528,8 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
     one_shot = one_shot_services(Compose(app).config(), app) if any(s["state"] != "running" for s in running.values()) else set()
     stopped = [n for n, s in running.items() if not settled(s, n in one_shot)]
     actions = [f"write {rel}" for rel in changed_files]
+    if changed_files and app.get("pins_file") and os.path.isfile(app["pins_file"]) and module.params["unpin"]:
+        actions.append(f"remove the digest pins in {app['pins_file']}")
     if changed_files or stopped or not running:
         actions.append("docker compose up -d")
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": changed_files,
@@ -517,7 +539,9 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
         with module.lock("switching to a new version"):
             for rel in changed_files:
                 _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
-            app = validate_app(module.params["app"])
+            if changed_files and module.params["unpin"]:
+                drop_pins(app)  # what pinning added, taken away, as unpin does in the files
+            app = validate_app(module.params["app"], module.params["store"])
             bring_up(app, None, "missing" if module.params["pull"] else "never", module.params["wait"])
         result["outside_release"] = outside(module.client, app, Compose(app).config())
         running = running_images(module.client, app)

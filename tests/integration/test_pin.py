@@ -229,3 +229,39 @@ def test_the_pin_role_pins_and_records_each_app(demo_app, run_playbook, tmp_path
     assert run.rc == 0, run.stdout
     assert run.changed() == [], run.changed()
     assert REPO.exists()
+
+
+def test_pins_in_the_collection_s_own_file_leave_the_project_untouched(demo_app, run_playbook, module_playbook, tmp_path):
+    """A deploy tool owns compose.yaml: with pins: own_file the digests live in <store>/<app>/pins.yaml,
+    every Compose call uses it, an upgrade takes it away and pins again, a rollback goes back."""
+    compose = demo_app.project_dir / "compose.yaml"
+    original = compose.read_bytes()
+    app = demo_app.definition(pins="own_file")
+    pins = demo_app.store / demo_app.name / "pins.yaml"
+    inventory = write_inventory(tmp_path / "inventory.json", group_vars={
+        "rollback_apps": [app], "rollback_store": str(demo_app.store),
+        "pre_upgrade_verify_checks": ["deep"], "pre_upgrade_baseline_probes": 5, "upgrade_health_probes": 5,
+        "upgrade_max_p99_ratio": 0})
+
+    run = run_playbook("selfhost.rollback.pre_upgrade", inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    notes10 = registry_digest("selfhost/notes", "1.0")
+    assert compose.read_bytes() == original
+    assert f'image: "{REGISTRY}/selfhost/notes:1.0@{notes10}"' in pins.read_text()
+    assert oct(pins.stat().st_mode & 0o777) == "0o600"
+    run, info = module_playbook("selfhost.rollback.app_info", {"app": app, "store": str(demo_app.store)})
+    assert info["compose_command"].endswith(f"-f {compose} -f {pins}"), info["compose_command"]
+    by_hand = subprocess.run(info["compose_command"].split() + ["config", "--format", "json"], capture_output=True, text=True, check=True)
+    assert json.loads(by_hand.stdout)["services"]["app"]["image"] == f"{REGISTRY}/selfhost/notes:1.0@{notes10}"
+
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert demo_app.wait_healthy(timeout=10)["version"] == "1.1"
+    assert compose.read_bytes() == original
+    assert registry_digest("selfhost/notes", "1.1") in pins.read_text()  # pinned again after the upgrade
+
+    run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert demo_app.wait_healthy(timeout=10)["version"] == "1.0"
+    assert compose.read_bytes() == original
+    assert notes10 in pins.read_text() and registry_digest("selfhost/notes", "1.1") not in pins.read_text()
