@@ -115,7 +115,8 @@ class Stack:
         return [n["title"] for n in reply]
 
     def destroy(self) -> None:
-        self.compose("--profile", "gpu", "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
+        # every profile, or the services of the profile .env switches on would stay behind
+        self.compose("--profile", "jobs", "--profile", "gpu", "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
 
 
 @pytest.fixture
