@@ -38,6 +38,16 @@ def deploy(template: str, tmp_path: Path, env: dict[str, str]) -> Path:
     return directory
 
 
+def start(template: str, tmp_path: Path, cleanup: list[Path], env: dict[str, str], prefix: str, health: str) -> tuple[Path, str]:
+    """Deploy the app at its first version with a fresh password and port; its API base once it answers."""
+    port = free_port()
+    directory = deploy(template, tmp_path, dict(env, DB_PASSWORD=f"canary-{secrets.token_hex(8)}", WEB_PORT=str(port)))
+    cleanup.append(directory)
+    base = f"http://127.0.0.1:{port}{prefix}"
+    wait_for(base + health)
+    return directory, base
+
+
 def wait_for(url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -87,12 +97,8 @@ def cleanup():
 
 
 def test_i_hate_money_migrating_at_start_upgrades_rolls_back_and_drills(tmp_path, run_playbook, docker_client, registry, cleanup):
-    port = free_port()
-    directory = deploy("ihatemoney", tmp_path, {"IHATEMONEY_VERSION": "6.1.5", "DB_PASSWORD": f"canary-{secrets.token_hex(8)}",
-                                                 "SECRET_KEY": secrets.token_hex(16), "WEB_PORT": str(port)})
-    cleanup.append(directory)
-    base = f"http://127.0.0.1:{port}"
-    wait_for(f"{base}/healthcheck")
+    directory, base = start("ihatemoney", tmp_path, cleanup, {"IHATEMONEY_VERSION": "6.1.5", "SECRET_KEY": secrets.token_hex(16)},
+                            "", "/healthcheck")
     auth = {"Authorization": "Basic " + base64.b64encode(b"shop:budget-pw").decode()}
 
     def api(method: str, path: str, form: dict | None = None):
@@ -132,12 +138,9 @@ def test_i_hate_money_migrating_at_start_upgrades_rolls_back_and_drills(tmp_path
 
 
 def test_kinto_migrating_in_a_one_shot_service_upgrades_rolls_back_and_drills(tmp_path, run_playbook, docker_client, registry, cleanup):
-    port = free_port()
-    directory = deploy("kinto", tmp_path, {"KINTO_VERSION": "22.0.0", "DB_PASSWORD": f"canary-{secrets.token_hex(8)}",
-                                            "HMAC_SECRET": secrets.token_hex(16), "WEB_PORT": str(port)})
-    cleanup.append(directory)
-    base = f"http://127.0.0.1:{port}/v1"
-    wait_for(f"{base}/__heartbeat__")
+    directory, base = start("kinto", tmp_path, cleanup, {"KINTO_VERSION": "22.0.0", "HMAC_SECRET": secrets.token_hex(16)},
+                            "/v1", "/__heartbeat__")
+
     def api(method: str, path: str, body: dict | None = None):
         request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode() if body is not None else None,
                                          method=method, headers={"Content-Type": "application/json"})

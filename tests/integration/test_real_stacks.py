@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, http, write_inventory
+from stacks import assert_runs_what_compose_says, compose
 
 STACKS = Path(__file__).parent / "stacks"
 
@@ -56,11 +57,7 @@ class Stack:
         path.chmod(0o600)
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """``docker compose`` exactly as the user runs it: in the directory, no -f, no -p."""
-        proc = subprocess.run(["docker", "compose", *args], cwd=self.dir, capture_output=True, text=True, timeout=300, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"docker compose {' '.join(args)} failed: {proc.stderr}")
-        return proc
+        return compose(self.dir, *args, check=check)
 
     def definition(self) -> dict:
         return {
@@ -80,25 +77,8 @@ class Stack:
         return found
 
     def assert_runs_what_compose_says(self, step: str) -> None:
-        config = json.loads(self.compose("config", "--format", "json").stdout)
-        services = config["services"]
-        assert {"db", "migrate", "app", "worker", "sidecar"} == set(services), (step, sorted(services))
-        running = self.containers()
-        assert set(running) == set(services), f"{step}: containers {sorted(running)} but Compose defines {sorted(services)}"
-        for name, spec in services.items():
-            assert len(running[name]) == 1, (step, name, [c.name for c in running[name]])
-            container = running[name][0]
-            container.reload()
-            state = container.attrs["State"]
-            if name == "migrate":
-                assert (state["Status"], state["ExitCode"]) == ("exited", 0), (step, state)
-            else:
-                assert state["Status"] == "running", (step, name, state["Status"])
-            wanted_image = self.client.images.get(spec["image"]).id
-            assert container.attrs["Image"] == wanted_image, f"{step}: {name} runs another image than {spec['image']}"
-            env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
-            for key, value in (spec.get("environment") or {}).items():
-                assert env.get(key) == value, f"{step}: {name} has {key}={env.get(key)!r}, Compose says {value!r}"
+        config = assert_runs_what_compose_says(self.dir, self.client, step, one_shot=("migrate",))
+        assert {"db", "migrate", "app", "worker", "sidecar"} == set(config["services"]), (step, sorted(config["services"]))
 
     def health(self) -> dict:
         status, body = http("GET", f"{self.url}/healthz")
@@ -227,21 +207,16 @@ def vectors(tmp_path, docker_client, registry):
     port = free_port()
     (directory / ".env").write_text(f"VECTORS_VERSION=1\nVECTORS_PORT={port}\n")
 
-    def compose(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["docker", "compose", *args], cwd=directory, capture_output=True, text=True, timeout=300, check=False)
-        assert proc.returncode == 0, proc.stderr
-        return proc
-
-    compose("up", "-d", "--wait", "--wait-timeout", "120")
+    compose(directory, "up", "-d", "--wait", "--wait-timeout", "120")
     try:
-        yield directory, f"http://127.0.0.1:{port}", compose
+        yield directory, f"http://127.0.0.1:{port}"
     finally:
-        subprocess.run(["docker", "compose", "down", "-v", "--timeout", "5"], cwd=directory, capture_output=True, check=False)
+        compose(directory, "down", "-v", "--timeout", "5", check=False)
 
 
 def test_an_embedded_database_and_its_files_come_back_together(vectors, run_playbook, tmp_path):
     """SQLite plus one index file per item in one volume: upgrade, rollback and drill with every item readable."""
-    directory, url, _compose = vectors
+    directory, url = vectors
     texts = [f"item {n} about {'mugs' if n % 7 == 0 else 'plates'}" for n in range(2000)]
     status, reply = http("POST", f"{url}/items", json.dumps({"texts": texts}).encode(), timeout=60)
     assert status == 201 and len(reply["ids"]) == 2000, (status, reply)
