@@ -95,9 +95,10 @@ options:
           path:
             description:
               - For C(sqlite), the database file's path inside the container.
-              - When the file lies in a volume the backup captures (an embedded database next to its index
-                files), it is captured with that volume, while the volume's writers are quiesced, and restored
-                with it, once; otherwise it is copied with SQLite's online backup.
+              - When the file lies in a volume the backup captures together with other files (an embedded
+                database next to its index files), it is captured with that volume, while the volume's writers are
+                quiesced, and restored with it, once; otherwise (alone in its volume, or outside every captured
+                volume) it is copied with SQLite's online backup, with no pause.
             type: str
       volumes:
         description:

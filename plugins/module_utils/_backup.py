@@ -238,7 +238,7 @@ def resolve_sources(app: dict[str, t.Any], client: t.Any, config: dict[str, t.An
             m.get("Type") == "bind" and _overlaps(m.get("Source", ""), path) for m in c.attrs.get("Mounts") or [])]
         sources.append(source)
 
-    sources = _embedded_in_volumes(app, sources, running)
+    sources = _embedded_in_volumes(app, sources, running, consistency, skipped)
     for source in sources:
         if source.kind == "database":
             source.container = _running_service_container(app, running, source.service)
@@ -252,17 +252,30 @@ def resolve_sources(app: dict[str, t.Any], client: t.Any, config: dict[str, t.An
     return sources, skipped
 
 
-def _embedded_in_volumes(app: dict[str, t.Any], sources: list[Source], running: list[t.Any]) -> list[Source]:
+def _holds_more_than(root: str, database: str) -> bool:
+    """Whether a volume holds files besides the SQLite database at ``database`` (relative) and its journals."""
+    own = {os.path.normpath(database + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            if os.path.normpath(os.path.relpath(os.path.join(directory, name), root)) not in own:
+                return True
+    return False
+
+
+def _embedded_in_volumes(app: dict[str, t.Any], sources: list[Source], running: list[t.Any],
+                         consistency: dict[str, str], skipped: list[dict[str, str]]) -> list[Source]:
     """An SQLite file that lies in a captured volume is captured with that volume, once.
 
     Its index files, uploads or models sit beside it and must come back from the same moment,
     so the file is read with the volume while the volume's writers are quiesced (a paused or
     stopped writer leaves the file and its WAL consistent on disk) and restored with it; a
-    separate online backup would write it twice on restore.
+    separate online backup would write it twice on restore. A volume that holds nothing but
+    the database (and its journals) is left to the online backup, which needs no pause,
+    unless ``consistency`` names it.
     """
     volumes = {s.volume: s for s in sources if s.kind == "volume"}
     kept = []
-    for source in sources:
+    for source in list(sources):
         if source.kind != "database" or source.database.get("engine") != "sqlite":
             kept.append(source)
             continue
@@ -275,12 +288,22 @@ def _embedded_in_volumes(app: dict[str, t.Any], sources: list[Source], running: 
         if holder is None:
             kept.append(source)
             continue
+        inside = os.path.relpath(path, mount.get("Destination", "").rstrip("/") or "/")
+        if holder.host_path and not _holds_more_than(holder.host_path, inside) and holder.name not in consistency:
+            # nothing but the database in it: the online backup alone, with no pause, as for any SQLite file
+            kept.append(source)
+            sources = [s for s in sources if s is not holder]
+            volumes.pop(mount.get("Name"), None)
+            skipped.append({"kind": "volume", "name": holder.name,
+                            "reason": f"holds only the SQLite database {path}, captured by its online backup; set "
+                                      "consistency for it to capture the files too"})
+            continue
         if holder.consistency == "none":
             raise OperatorError(f"app {app['name']}: the SQLite database {path} lies in volume {holder.name}, whose consistency "
                                 "is none; a live copy of a database file is not consistent, so set consistency for "
                                 f"{holder.name} to pause or stop")
         holder.databases.append({"name": source.name, "path": path, "service": source.service})
-    return kept
+    return [s for s in kept if s.kind != "volume" or s in sources]
 
 
 def _overlaps(mount_source: str, path: str) -> bool:
