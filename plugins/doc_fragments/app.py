@@ -150,8 +150,9 @@ options:
             default: []
       one_shot:
         description:
-          - Services that run to completion by design (a schema migration, an init job) besides those another
-            service waits for with C(condition: service_completed_successfully), which are found by themselves.
+          - Services that run to completion by design (a schema migration, an init job), besides those another
+            service waits for with C(condition=service_completed_successfully) in its C(depends_on), which are
+            found by themselves.
           - Health gates and baselines judge them by their exit code (0 is healthy), switches count an exited-0
             container as up to date, and backups do not pause them.
         type: list

@@ -21,12 +21,11 @@ description:
   - Images with no registry digest (built locally) stay as they are, with a warning; M(selfhost.rollback.release)
     records them by image ID and keeps them in the image archive. Services with only C(build:) are skipped.
   - Images that are already pinned are left as they are.
-  - With O(app.pins=own_file) the project's files are never written (a deploy tool that templates
-    C(compose.yaml) keeps owning it): the digests go into the collection's own compose file
-    C(<store>/<app>/pins.yaml), one image line per service as Compose resolves it (an image given
-    entirely by a variable is pinned too), and every Compose call the collection makes adds that
-    file after the project's own. M(selfhost.rollback.app_info) returns the command that does the
-    same by hand (RV(selfhost.rollback.app_info#module:compose_command)).
+  - "With O(app.pins=own_file) the project's files are never written (a deploy tool that templates
+    C(compose.yaml) keeps owning it). The digests go into the collection's own compose file
+    C(<store>/<app>/pins.yaml), one image line per service as Compose resolves it, and every Compose
+    call the collection makes adds that file after the project's own. M(selfhost.rollback.app_info)
+    returns the command that does the same by hand (RV(selfhost.rollback.app_info#module:compose_command))."
 author:
   - selfhost.rollback maintainers (@selfhost-rollback)
 extends_documentation_fragment:
