@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import traceback
+import types
 import typing as t
 
 try:
@@ -197,7 +198,10 @@ def check_live_project(client: t.Any, app: dict[str, t.Any]) -> None:
     not compared. An app that does not run yet has nothing to disagree with.
     """
     here = {app["project_dir"], os.path.realpath(app["project_dir"])}
-    containers = client.containers.list(all=True, filters={"label": LABEL_PROJECT})
+    # one listing of every Compose container on the host, without inspecting each: other projects'
+    # containers come and go meanwhile (a sparse listing carries the labels and the creation time)
+    listed = client.containers.list(all=True, sparse=True, filters={"label": LABEL_PROJECT})
+    containers = [types.SimpleNamespace(labels=c.attrs.get("Labels") or {}, created=c.attrs.get("Created") or 0) for c in listed]
     mine = [c for c in containers if c.labels.get(LABEL_PROJECT) == app["project_name"]]
     if not mine:
         others = sorted({c.labels.get(LABEL_PROJECT) for c in containers if c.labels.get(LABEL_WORKING_DIR) in here})
@@ -216,7 +220,7 @@ def check_live_project(client: t.Any, app: dict[str, t.Any]) -> None:
         )
     wanted = [os.path.realpath(f) for f in app["compose_files"]]
     inside = os.path.realpath(app["project_dir"]) + os.sep
-    for container in sorted(mine, key=lambda c: str(c.attrs.get("Created") or ""), reverse=True):
+    for container in sorted(mine, key=lambda c: c.created, reverse=True):
         used = [os.path.realpath(f) for f in (container.labels.get(LABEL_CONFIG_FILES) or "").split(",") if f]
         used = [f for f in used if f.startswith(inside)]
         if used and used != wanted:

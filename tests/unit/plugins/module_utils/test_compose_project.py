@@ -16,15 +16,20 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 )
 
 
-def container(project, workdir, files, created="2026-12-01T10:00:00Z", status="running"):
+def container(project, workdir, files, created=1796000000, status="running"):
+    """What a sparse listing gives: the list endpoint's fields, labels and creation time (epoch) included."""
     labels = {"com.docker.compose.project": project, "com.docker.compose.project.working_dir": workdir,
               "com.docker.compose.project.config_files": ",".join(files), "com.docker.compose.service": "app"}
-    return types.SimpleNamespace(labels=labels, status=status, name=f"{project}-app-1", attrs={"Created": created})
+    return types.SimpleNamespace(attrs={"Labels": labels, "Created": created, "State": status, "Names": [f"/{project}-app-1"]})
 
 
 class Client:
     def __init__(self, *containers):
-        self.containers = types.SimpleNamespace(list=lambda **_kw: list(containers))
+        def listing(**kwargs):
+            assert kwargs.get("sparse") is True  # no inspect per container: others may vanish meanwhile
+            return list(containers)
+
+        self.containers = types.SimpleNamespace(list=listing)
 
 
 @pytest.fixture
@@ -58,13 +63,13 @@ def test_another_directory_names_the_option(app):
 
 
 def test_other_files_are_named_from_the_newest_container(app, tmp_path):
-    old = container("shop", str(tmp_path), app["compose_files"], created="2026-12-01T09:00:00Z")
-    new = container("shop", str(tmp_path), [str(tmp_path / "compose.yaml")], created="2026-12-01T11:00:00Z")
+    old = container("shop", str(tmp_path), app["compose_files"], created=1796000000)
+    new = container("shop", str(tmp_path), [str(tmp_path / "compose.yaml")], created=1796000100)
     with pytest.raises(OperatorError, match=r"started with the compose files compose.yaml, but the definition reads "
                                             r"compose.yaml, compose.override.yaml \(from the default file names\); "
                                             r"set compose_files: \[compose.yaml\]"):
         check_live_project(Client(old, new), app)
-    check_live_project(Client(new, container("shop", str(tmp_path), app["compose_files"], created="2026-12-01T12:00:00Z")), app)
+    check_live_project(Client(new, container("shop", str(tmp_path), app["compose_files"], created=1796000200)), app)
 
 
 def test_one_shot_services_are_those_awaited_to_completion_or_declared():
