@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.selfhost.rollback.plugins.module_utils import _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DOCKER_IMPORT_ERROR,
@@ -165,8 +167,10 @@ class AppModule:
         if self._env_secrets is None and self._app is not None:
             try:
                 self._env_secrets = secret_values(self._app)
-            except (OSError, UnicodeDecodeError):  # an unreadable env file has no values to leak
-                self._env_secrets = []
+                for rel in sorted(_project.env_files(self._app)):  # the services' env_file: files too
+                    self._env_secrets += secret_values(dict(self._app, env_file=os.path.join(self._app["project_dir"], rel)))
+            except (OSError, UnicodeDecodeError, OperatorError):  # an unreadable env file has no values to leak
+                self._env_secrets = self._env_secrets or []
         values = list(self._env_secrets or []) + no_log_values(self.spec, self.params) + self._extra_secrets
         # longest first, so that a secret containing another is replaced whole
         return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)

@@ -19,20 +19,94 @@ import typing as t
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, is_secret, parse_env_text, sha256_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
 
+try:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    HAS_RUAMEL = True
+except ImportError:  # without it only the compose files and the env file are kept
+    HAS_RUAMEL = False
+
+    class YAMLError(Exception):  # type: ignore[no-redef]
+        """Stand-in so that except clauses work without ruamel.yaml."""
+
 KEEP_LIVE = "__selfhost_rollback_keeps_the_live_value__"
 ENV_LINE = re.compile(r"^(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
 def project_files(app: dict[str, t.Any]) -> dict[str, str]:
-    """relative name → absolute path of the files that define the app (compose files, env file)."""
+    """relative name → absolute path of the files that define the app.
+
+    The compose files, the project's env file, and what the compose files pull in themselves:
+    files named by ``include:``, by a service's ``extends: {file: ...}`` and by a service's
+    ``env_file:`` (followed through included and extended files too). A reference built from a
+    variable, or one outside the project directory, is not followed.
+    """
     files = {}
-    for path in list(app["compose_files"]) + [app["env_file"]]:
+    for path in list(app["compose_files"]) + [app["env_file"]] + referenced_files(app):
         if os.path.isfile(path):
             rel = os.path.relpath(path, app["project_dir"])
             if rel.startswith(".."):
                 raise OperatorError(f"app {app['name']}: {path} lies outside project_dir; keep compose and env files in the project directory")
             files[rel] = path
     return files
+
+
+def env_files(app: dict[str, t.Any]) -> set[str]:
+    """The relative names of the project's env files (the app's own and the services' env_file:), kept redacted."""
+    names = {os.path.relpath(app["env_file"], app["project_dir"])}
+    names.update(os.path.relpath(p, app["project_dir"]) for p in referenced_files(app, kinds=("env_file",)))
+    return names
+
+
+def referenced_files(app: dict[str, t.Any], kinds: tuple[str, ...] = ("include", "extends", "env_file")) -> list[str]:
+    """Absolute paths of the files the compose files name (see :func:`project_files`), inside the project."""
+    if not HAS_RUAMEL:
+        return []
+    root = os.path.realpath(app["project_dir"]) + os.sep
+    found: list[str] = []
+    queue = list(app["compose_files"])
+    seen: set[str] = set()
+    while queue:
+        path = os.path.realpath(queue.pop(0))
+        if path in seen or not os.path.isfile(path):
+            continue
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = YAML(typ="safe", pure=True).load(handle) or {}
+        except (OSError, UnicodeDecodeError, YAMLError):
+            continue  # Compose itself reports a file it cannot read
+        if not isinstance(data, dict):
+            continue
+        here = os.path.dirname(path)
+        named: list[tuple[str, str]] = []
+        for entry in data.get("include") or []:
+            paths = entry.get("path") if isinstance(entry, dict) else entry
+            named += [("include", p) for p in (paths if isinstance(paths, list) else [paths])]
+            if isinstance(entry, dict):
+                extra = entry.get("env_file")
+                named += [("env_file", p) for p in (extra if isinstance(extra, list) else [extra])]
+        for service in (data.get("services") or {}).values():
+            if not isinstance(service, dict):
+                continue
+            extends = service.get("extends")
+            if isinstance(extends, dict) and extends.get("file"):
+                named.append(("extends", extends["file"]))
+            envs = service.get("env_file")
+            for item in envs if isinstance(envs, list) else [envs]:
+                named.append(("env_file", item.get("path") if isinstance(item, dict) else item))
+        for kind, ref in named:
+            if not isinstance(ref, str) or not ref or "$" in ref:
+                continue
+            target = os.path.realpath(os.path.join(here, ref))
+            if not target.startswith(root):
+                continue
+            if kind in ("include", "extends"):
+                queue.append(target)
+            if kind in kinds and target not in found:
+                found.append(target)
+    return found
 
 
 def read_files(files: dict[str, str]) -> dict[str, bytes]:
@@ -63,13 +137,15 @@ def saved_files(ledger: Ledger, release_id: str) -> dict[str, bytes] | None:
     return out
 
 
-def save_files(ledger: Ledger, release_id: str, contents: dict[str, bytes], env_rel: str | None = None) -> bool:
-    """Save the files for a release once (the env file redacted); True when they were written now."""
+def save_files(ledger: Ledger, release_id: str, contents: dict[str, bytes], env_rel: str | None = None,
+               env_rels: t.Iterable[str] = ()) -> bool:
+    """Save the files for a release once (env files redacted); True when they were written now."""
     if ledger.read(os.path.join("projects", release_id, "index.json")):
         return False
-    index = {"format": 1, "release_id": release_id, "env_file": env_rel, "files": {}}
+    redacted = {env_rel, *env_rels} - {None}
+    index = {"format": 1, "release_id": release_id, "env_file": env_rel, "env_files": sorted(redacted), "files": {}}
     for number, (rel, data) in enumerate(sorted(contents.items())):
-        if rel == env_rel:
+        if rel in redacted:
             data = redact_env(data.decode(errors="surrogateescape")).encode(errors="surrogateescape")
         stored = f"file-{number}"
         atomic_write_bytes(ledger.path("projects", release_id, stored), data)

@@ -249,7 +249,7 @@ def record_release(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]
             _operation.note_recorded(ledger, release_id)
             # the files a switch back to this release puts in place; same digest, same files
             _project.save_files(ledger, release_id, _project.read_files(_project.project_files(app)),
-                                env_rel=os.path.relpath(app["env_file"], app["project_dir"]))
+                                env_rel=os.path.relpath(app["env_file"], app["project_dir"]), env_rels=_project.env_files(app))
             if params["archive_images"]:
                 plan = plan_archive(ledger, params["keep_releases"])
                 done = apply_archive(client, docker_cli(), ledger, plan)

@@ -372,10 +372,10 @@ def forward_files(module: AppModule, app: dict[str, t.Any]) -> dict[str, bytes]:
 
 
 def diff_of(app: dict[str, t.Any], changed: list[str], current: dict[str, bytes], wanted: dict[str, bytes]) -> list[dict[str, str]]:
-    env_rel = os.path.relpath(app["env_file"], app["project_dir"])
+    masked = _project.env_files(app) | {os.path.relpath(app["env_file"], app["project_dir"])}
     diffs = []
     for rel in changed:
-        if rel == env_rel:
+        if rel in masked:
             diffs.append({"before_header": rel + " (keys)", "after_header": rel + " (keys)",
                           "before": "", "after": "\n".join(env_diff(current.get(rel, b""), wanted[rel])) + "\n"})
         else:
@@ -438,14 +438,16 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         wanted = {f["path"]: f["content"].encode() for f in record["compose"]["files"] if not os.path.isabs(f["path"])}
         module.warn(f"app {app['name']}: release {release_id} has no saved project files; its compose files come from the "
                     "release record and the env file stays as it is (check the config drift rollback_check reports)")
-    env_rel = os.path.relpath(app["env_file"], app["project_dir"])
-    if env_rel in wanted:
-        live_env = _project.read_files({env_rel: app["env_file"]})[env_rel].decode(errors="surrogateescape") \
-            if os.path.isfile(app["env_file"]) else ""
+    for env_rel in sorted(_project.env_files(app) | {os.path.relpath(app["env_file"], app["project_dir"])}):
+        if env_rel not in wanted:
+            continue
+        live_path = os.path.join(app["project_dir"], env_rel)
+        live_env = _project.read_files({env_rel: live_path})[env_rel].decode(errors="surrogateescape") \
+            if os.path.isfile(live_path) else ""
         merged, missing_keys = _project.merge_env(wanted[env_rel].decode(errors="surrogateescape"), live_env)
         if missing_keys:
-            raise OperatorError(f"app {app['name']}: release {release_id} needs {', '.join(missing_keys)} in {app['env_file']}, "
-                                "which the env file lacks now (their values are never kept in the ledger); add them and run again")
+            raise OperatorError(f"app {app['name']}: release {release_id} needs {', '.join(missing_keys)} in {live_path}, "
+                                "which the file lacks now (their values are never kept in the ledger); add them and run again")
         wanted[env_rel] = merged.encode(errors="surrogateescape")
     changed_files, current = plan_files(app, wanted)
     rows = plan_load(client, ledger, record, allow_pull=True)

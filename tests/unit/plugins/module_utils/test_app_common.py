@@ -130,3 +130,23 @@ def test_env_copy_keeps_no_secret_and_merges_the_live_values():
     merged, missing = merge_env(saved, "NOTES_VERSION=1.1\nNOTES_DB_PASSWORD='rotated'\nDSN=postgres://notes:pw@db/notes\n")
     assert merged == "# notes\nNOTES_DB_PASSWORD='rotated'\nDSN=postgres://notes:pw@db/notes\nNOTES_VERSION=1.0\n" and missing == []
     assert merge_env(saved, "NOTES_VERSION=1.1\n")[1] == ["NOTES_DB_PASSWORD", "DSN"]
+
+
+def test_project_files_follow_include_extends_and_env_file(tmp_path):
+    from ansible_collections.selfhost.rollback.plugins.module_utils._project import env_files, project_files
+
+    (tmp_path / "compose.yaml").write_text(
+        "include:\n  - stacks/db.yaml\n  - path: [stacks/cache.yaml]\n    env_file: cache.env\n"
+        "services:\n  app:\n    image: x\n    env_file: [app.env, {path: \"${OPTIONAL}.env\", required: false}]\n"
+        "  worker:\n    extends: {file: common/base.yaml, service: base}\n  far:\n    env_file: ../outside.env\n")
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / "db.yaml").write_text("services:\n  db:\n    image: y\n    env_file: db.env\n")
+    (tmp_path / "stacks" / "cache.yaml").write_text("services:\n  cache:\n    image: z\n")
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "base.yaml").write_text("services:\n  base:\n    image: w\n")
+    for name in ("app.env", "cache.env", "stacks/db.env", ".env"):
+        (tmp_path / name).write_text("K=v\n")
+    resolved = validate_app(app(tmp_path))
+    assert sorted(project_files(resolved)) == [".env", "app.env", "cache.env", "common/base.yaml", "compose.yaml",
+                                               "stacks/cache.yaml", "stacks/db.env", "stacks/db.yaml"]
+    assert env_files(resolved) == {".env", "app.env", "cache.env", "stacks/db.env"}
