@@ -105,7 +105,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(raw)
 
     def do_GET(self) -> None:
-        path, _, query = self.path.partition("?")
+        path, _mark, query = self.path.partition("?")
         if path == "/healthz":
             self.reply(200, {"status": "ok", "version": VERSION})
         elif path == "/items":

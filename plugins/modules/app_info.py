@@ -63,7 +63,9 @@ project_name:
   type: str
   sample: notes
 project_name_from:
-  description: Where the project name comes from (C(project_name), C(COMPOSE_PROJECT_NAME), the compose file's C(name:), or the project directory's name), in Compose's order of precedence.
+  description:
+    - Where the project name comes from, in Compose's order of precedence.
+    - C(project_name), C(COMPOSE_PROJECT_NAME), the compose file's C(name:), or the project directory's name.
   returned: always
   type: str
   sample: the project directory's name

@@ -182,11 +182,10 @@ def test_env_values_are_read_as_compose_reads_them(ai_stack):
     from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, parse_env_text
 
     stack = ai_stack
-    text = (
-        'A="x" # comment\n' "B='y' # c2\n" "C=plain # c3\n" "D=plain#nospace\n" 'E="multi\\nline \\"q\\" \\$HOME"\n'
-        "F='lit ${A} \\n'\n" "G=${A}-exp\n" 'H="${B}-dq"\n' "I=  spaced  \n" "J:colon\n" "export K=exported\n" "L=\n"
-        "N=with'quote\n" "O=$A$B\n" 'P="a\nb"\n' "Q=${NOPE:-fallback}\n"
-    )
+    lines = ['A="x" # comment', "B='y' # c2", "C=plain # c3", "D=plain#nospace", 'E="multi\\nline \\"q\\" \\$HOME"',
+             "F='lit ${A} \\n'", "G=${A}-exp", 'H="${B}-dq"', "I=  spaced  ", "J:colon", "export K=exported", "L=",
+             "N=with'quote", "O=$A$B", 'P="a', 'b"', "Q=${NOPE:-fallback}"]
+    text = "\n".join(lines) + "\n"
     (stack.dir / ".env").write_text((stack.dir / ".env").read_text() + text)
     ours = parse_env_text((stack.dir / ".env").read_text(), environ={})
     theirs = Compose(validate_app(stack.definition())).env_values(ours)
