@@ -57,3 +57,15 @@ def test_durations():
     assert _backup.parse_duration("2w") == datetime.timedelta(days=14)
     with pytest.raises(Exception):
         _backup.parse_duration("soon")
+
+
+def test_a_volume_holding_only_an_sqlite_file_and_its_journals_is_left_to_the_online_backup(tmp_path):
+    from ansible_collections.selfhost.rollback.plugins.module_utils._backup import _holds_more_than
+
+    (tmp_path / "db").mkdir()
+    for name in ("db/app.db", "db/app.db-wal", "db/app.db-shm"):
+        (tmp_path / name).write_bytes(b"x")
+    assert _holds_more_than(str(tmp_path), "db/app.db") is False
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "1.vec").write_bytes(b"v")
+    assert _holds_more_than(str(tmp_path), "db/app.db") is True
