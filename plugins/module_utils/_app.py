@@ -15,7 +15,7 @@ import re
 import subprocess
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import read_env_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import docker_cli, read_env_file
 
 DEFAULT_STORE = "/var/lib/selfhost-rollback"
 APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -195,7 +195,7 @@ def normalize_project_name(value: str) -> str:
 
 def _name_from_compose(app: dict[str, t.Any], files: list[str]) -> str:
     """A top-level ``name:`` may be interpolated and overridden by a later file: Compose says what it is."""
-    argv = ["docker", "compose", "--project-directory", app["project_dir"]]
+    argv = [docker_cli(), "compose", "--project-directory", app["project_dir"]]
     for path in files:
         argv += ["-f", path]
     proc = subprocess.run(argv + ["config", "--format", "json"], capture_output=True, text=True, check=False, timeout=60)

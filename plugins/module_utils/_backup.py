@@ -273,27 +273,20 @@ def _embedded_in_volumes(app: dict[str, t.Any], sources: list[Source], running: 
     the database (and its journals) is left to the online backup, which needs no pause,
     unless ``consistency`` names it.
     """
-    volumes = {s.volume: s for s in sources if s.kind == "volume"}
-    kept = []
-    for source in list(sources):
+    volumes = [s for s in sources if s.kind == "volume" and s.host_path]
+    absorbed: list[Source] = []  # databases captured by their volume, and volumes left to their database's backup
+    for source in sources:
         if source.kind != "database" or source.database.get("engine") != "sqlite":
-            kept.append(source)
             continue
         container = next((c for c in running if container_service(c) == source.service), None)
         path = _dumps.sqlite_path(source.database)
-        mount = next((m for m in (container.attrs.get("Mounts") or []) if m.get("Type") == "volume"
-                      and (path == m.get("Destination", "").rstrip("/") or path.startswith(m.get("Destination", "").rstrip("/") + "/"))),
-                     None) if container is not None else None
-        holder = volumes.get(mount.get("Name")) if mount else None
-        if holder is None:
-            kept.append(source)
+        host = _dumps.host_path_in_container(container.attrs, path) if container is not None else None
+        holder = next((v for v in volumes if host and host.startswith(v.host_path.rstrip("/") + "/")), None)
+        if holder is None or holder in absorbed:
             continue
-        inside = os.path.relpath(path, mount.get("Destination", "").rstrip("/") or "/")
-        if holder.host_path and not _holds_more_than(holder.host_path, inside) and holder.name not in consistency:
+        if not _holds_more_than(holder.host_path, os.path.relpath(host, holder.host_path)) and holder.name not in consistency:
             # nothing but the database in it: the online backup alone, with no pause, as for any SQLite file
-            kept.append(source)
-            sources = [s for s in sources if s is not holder]
-            volumes.pop(mount.get("Name"), None)
+            absorbed.append(holder)
             skipped.append({"kind": "volume", "name": holder.name,
                             "reason": f"holds only the SQLite database {path}, captured by its online backup; set "
                                       "consistency for it to capture the files too"})
@@ -303,7 +296,8 @@ def _embedded_in_volumes(app: dict[str, t.Any], sources: list[Source], running: 
                                 "is none; a live copy of a database file is not consistent, so set consistency for "
                                 f"{holder.name} to pause or stop")
         holder.databases.append({"name": source.name, "path": path, "service": source.service})
-    return [s for s in kept if s.kind != "volume" or s in sources]
+        absorbed.append(source)
+    return [s for s in sources if s not in absorbed]
 
 
 def _overlaps(mount_source: str, path: str) -> bool:

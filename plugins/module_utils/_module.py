@@ -166,8 +166,8 @@ class AppModule:
         """Values no result may contain: the app's secret-looking env values, no_log options, registered extras."""
         if self._env_secrets is None and self._app is not None:
             try:
-                self._env_secrets = secret_values(self._app)
-                for rel in sorted(_project.env_files(self._app)):  # the services' env_file: files too
+                self._env_secrets = []
+                for rel in sorted(_project.env_files(self._app)):  # the app's env file and the services' env_file:
                     self._env_secrets += secret_values(dict(self._app, env_file=os.path.join(self._app["project_dir"], rel)))
             except (OSError, UnicodeDecodeError, OperatorError):  # an unreadable env file has no values to leak
                 self._env_secrets = self._env_secrets or []

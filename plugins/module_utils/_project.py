@@ -12,6 +12,7 @@ changed since).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import typing as t
@@ -107,6 +108,12 @@ def referenced_files(app: dict[str, t.Any], kinds: tuple[str, ...] = ("include",
             if kind in kinds and target not in found:
                 found.append(target)
     return found
+
+
+def images_file(comment: str, images: dict[str, str]) -> bytes:
+    """A compose file of the collection's own that sets each service's image (a switch's override, the pins file)."""
+    lines = [f"# {comment}", "services:"] + [f"  {name}:\n    image: {json.dumps(ref)}" for name, ref in sorted(images.items())]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def read_files(files: dict[str, str]) -> dict[str, bytes]:

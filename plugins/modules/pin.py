@@ -151,13 +151,13 @@ reasons:
   sample: []
 """
 
-import json
 import os
 import tempfile
 import typing as t
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.selfhost.rollback.plugins.module_utils import _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, project_containers, read_env_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import pull, resolve
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
@@ -272,9 +272,7 @@ def pin_own_file(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
     client = module.client
     config = Compose(dict(app, pins_file=None)).config()  # what the project's own files say, pins aside
     resolver = Resolver(client, app, config, module.params["pull"])
-    lines = [f"# written by selfhost.rollback.pin for app {app['name']}: the digest of every image, so that",
-             "# 'docker compose -f <the project's files> -f " + app["pins_file"] + " up -d' runs exactly these images",
-             "services:"]
+    images: dict[str, str] = {}
     pins = []
     for name, spec in sorted((config.get("services") or {}).items()):
         ref = spec.get("image")
@@ -293,12 +291,12 @@ def pin_own_file(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
                 continue
             pinned = ref + pin_suffix(ref, found["digest"])
             pins.append({"path": app["pins_file"], "line": None, "services": [name], "before": ref, "after": pinned})
-        lines.append(f"  {name}:\n    image: {json.dumps(pinned)}")
-    text = "\n".join(lines) + "\n"
+        images[name] = pinned
     before = ""
     if os.path.isfile(app["pins_file"]):
         with open(app["pins_file"], encoding="utf-8") as handle:
             before = handle.read()
+    text = _project.images_file(f"written by selfhost.rollback.pin for app {app['name']}: the digest of every image", images).decode()
     changed = before != text
     if changed and not module.check_mode:
         with module.lock("pinning the images"):

@@ -372,7 +372,7 @@ def forward_files(module: AppModule, app: dict[str, t.Any]) -> dict[str, bytes]:
 
 
 def diff_of(app: dict[str, t.Any], changed: list[str], current: dict[str, bytes], wanted: dict[str, bytes]) -> list[dict[str, str]]:
-    masked = _project.env_files(app) | {os.path.relpath(app["env_file"], app["project_dir"])}
+    masked = _project.env_files(app)
     diffs = []
     for rel in changed:
         if rel in masked:
@@ -388,13 +388,10 @@ def restore_pins(app: dict[str, t.Any], record: dict[str, t.Any]) -> None:
     """pins: own_file - the pins file says the release's digests again (services without one are left out)."""
     if not app.get("pins_file"):
         return
-    lines = [f"# written by selfhost.rollback.switch for app {app['name']}: the digests of release {record['release_id']}",
-             "services:"]
-    for name, service in sorted((record.get("services") or {}).items()):
-        if service.get("pinned_ref"):
-            lines.append(f"  {name}:\n    image: {json.dumps(service['pinned_ref'])}")
-    if len(lines) > 2:
-        atomic_write_bytes(app["pins_file"], ("\n".join(lines) + "\n").encode())
+    pinned = {n: s["pinned_ref"] for n, s in (record.get("services") or {}).items() if s.get("pinned_ref")}
+    if pinned:
+        atomic_write_bytes(app["pins_file"], _project.images_file(
+            f"written by selfhost.rollback.switch for app {app['name']}: the digests of release {record['release_id']}", pinned))
     else:
         drop_pins(app)
 
@@ -438,7 +435,7 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         wanted = {f["path"]: f["content"].encode() for f in record["compose"]["files"] if not os.path.isabs(f["path"])}
         module.warn(f"app {app['name']}: release {release_id} has no saved project files; its compose files come from the "
                     "release record and the env file stays as it is (check the config drift rollback_check reports)")
-    for env_rel in sorted(_project.env_files(app) | {os.path.relpath(app["env_file"], app["project_dir"])}):
+    for env_rel in sorted(_project.env_files(app)):
         if env_rel not in wanted:
             continue
         live_path = os.path.join(app["project_dir"], env_rel)
@@ -501,9 +498,7 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         override = ledger.path("switch-override.yml")
         in_files = {n: str(s.get("image")) for n, s in (config.get("services") or {}).items() if s.get("image")}
         images = override_images(client, expected, running, created, in_files, rows)
-        lines = ["# written by selfhost.rollback.switch: run the release's exact images", "services:"]
-        lines += [f"  {name}:\n    image: {json.dumps(ref)}" for name, ref in sorted(images.items())]
-        atomic_write_bytes(override, ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(override, _project.images_file("written by selfhost.rollback.switch: run the release's exact images", images))
         for name in beside:
             start_beside(client, app, override, name, module.params["wait"])
         bring_up(app, override, "never", module.params["wait"])
