@@ -191,7 +191,6 @@ reasons:
   sample: []
 """
 
-import json
 import os
 import time
 import typing as t
