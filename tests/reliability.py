@@ -120,14 +120,17 @@ class Background:
         does not reach them, and the module runs under a worker."""
         return [self.proc.pid] + descendants(self.proc.pid)
 
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the run and everything it started (frozen first, so none escapes)."""
+    def signal(self, signum: int, frozen: Callable[[], Any] | None = None) -> None:
+        """Send ``signum`` to the run and everything it started (frozen first, so none escapes;
+        ``frozen`` is called while all of it is stopped)."""
         pids = self.tree_pids()
         if signum != signal.SIGCONT:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
             pids = self.tree_pids()
+        if frozen is not None:
+            frozen()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -141,10 +144,11 @@ class Background:
                     found.append(pid)
         return found
 
-    def kill(self) -> None:
-        """kill -9 of the whole run: ansible-playbook, its workers, the module and its children."""
+    def kill(self, frozen: Callable[[], Any] | None = None) -> None:
+        """kill -9 of the whole run: ansible-playbook, its workers, the module and its children
+        (``frozen`` is called once all of them are stopped, just before the kill)."""
         pids = self.tree_pids()
-        self.signal(signal.SIGKILL)
+        self.signal(signal.SIGKILL, frozen)
         self.proc.wait(30)
         self._out.close()
         deadline = time.monotonic() + 30

@@ -25,12 +25,13 @@ import tempfile
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _guard
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     DockerException,
     OperatorError,
+    docker_cli,
     iso,
     parse_iso,
     project_containers,
@@ -335,12 +336,16 @@ class Quiesce:
     """Pause or stop running containers and put every one of them back as it was, whatever happens.
 
     Each container is written to ``quiesced.json`` in the ledger before it is paused or stopped,
-    and the record is removed once all are back: a run killed in between (kill -9, OOM) cannot
-    put them back itself, so the next run does (``resume_interrupted``).
+    and the record is removed once all are back. A run killed in between (kill -9, OOM) cannot
+    put them back itself: the guard started before the first pause does (``_guard``), within
+    seconds, and the next run would too (``resume_interrupted``).
     """
 
-    def __init__(self, ledger: Ledger | None = None) -> None:
+    def __init__(self, ledger: Ledger | None = None, purpose: str = "backup") -> None:
         self.ledger = ledger
+        self.purpose = purpose
+        self.since = iso(utcnow())
+        self.guarded = False
         self.paused: list[t.Any] = []
         self.stopped: list[t.Any] = []
         self.actions: list[str] = []
@@ -348,10 +353,15 @@ class Quiesce:
     def _remember(self) -> None:
         if self.ledger is None:
             return
-        record = [{"id": c.id, "name": c.name, "mode": "pause"} for c in self.paused] + \
-                 [{"id": c.id, "name": c.name, "mode": "stop"} for c in self.stopped]
-        if record:
-            self.ledger.write(QUIESCED, record)
+        containers = [{"id": c.id, "name": c.name, "mode": "pause"} for c in self.paused] + \
+                     [{"id": c.id, "name": c.name, "mode": "stop"} for c in self.stopped]
+        if containers:
+            self.ledger.write(QUIESCED, {"owner": _guard.owner(), "purpose": self.purpose, "since": self.since,
+                                         "containers": containers})
+            if not self.guarded:
+                _guard.start(self.ledger.path(QUIESCED), self.ledger.path("lock"), docker_cli(),
+                             self.ledger.path(_guard.GUARD_RECORD))
+                self.guarded = True
         elif self.ledger.exists(QUIESCED):
             os.unlink(self.ledger.path(QUIESCED))
 
@@ -373,7 +383,7 @@ class Quiesce:
             container.reload()
             if container.status != "running":
                 continue
-            # recorded before acting, so a run killed right after still knows to put it back
+            # recorded (and guarded) before acting, so a run killed right after still gets it back
             (self.stopped if mode == "stop" else self.paused).append(container)
             self._remember()
             if mode == "stop":
@@ -405,10 +415,18 @@ class Quiesce:
 
 
 def resume_interrupted(ledger: Ledger, client: t.Any) -> list[str]:
-    """Put back the containers an interrupted backup paused or stopped (see ``Quiesce``)."""
-    record = ledger.read(QUIESCED, default=[]) or []
+    """Put back what an interrupted run left paused or stopped (see ``Quiesce``), and say what its guard did."""
     actions = []
-    for entry in record:
+    guarded = ledger.read(_guard.GUARD_RECORD, default=None)
+    if isinstance(guarded, dict):
+        done = ", ".join(f"{a.get('action')} {a.get('container')}" + ("" if a.get("ok") else f" (failed: {a.get('error')})")
+                         for a in guarded.get("actions") or []) or "nothing left to put back"
+        actions.append(f"the guard of an interrupted {guarded.get('purpose') or 'run'} (pid {guarded.get('run_pid')}) "
+                       f"put its containers back at {guarded.get('at')}: {done}")
+        os.unlink(ledger.path(_guard.GUARD_RECORD))
+    record = ledger.read(QUIESCED, default=None) or {}
+    entries = record.get("containers", []) if isinstance(record, dict) else record  # a list: written before the guard
+    for entry in entries:
         try:
             container = client.containers.get(entry["id"])
         except Exception:  # removed since: nothing to put back

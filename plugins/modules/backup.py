@@ -18,8 +18,10 @@ description:
     taken in the same pass.
   - Per source, O(consistency) says how writers are kept still while its files are read. Containers
     that were running before are running after, also when the backup fails; stopped ones stay stopped.
-    A run killed before it could put them back (kill -9) leaves C(quiesced.json) in the ledger, and the
-    next run unpauses or starts those containers first.
+    Each container is written to C(quiesced.json) in the ledger before it is paused or stopped, and a watcher that
+    does not depend on the module (a detached process, no systemd needed) is started before the first one. If the
+    module dies (kill -9, OOM), the watcher unpauses or starts exactly those containers within a few seconds and
+    writes what it did to C(guard.json); the next run reports that in RV(actions), and puts back anything still left.
   - The set is complete only when C(manifest.json) is written, last and atomically. Partial sets left
     by an interrupted run are removed by the next run.
   - Volumes mounted by a database service are captured by that database's dump, not as files, unless
