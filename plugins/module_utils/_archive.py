@@ -521,6 +521,32 @@ def scan_tree(root: str) -> dict[str, dict[str, t.Any]]:
     return files
 
 
+def changes_since(expected: dict[str, dict[str, t.Any]], root: str, since: float, limit: int = 5) -> dict[str, t.Any]:
+    """What differs in ``root`` from a set's ``files`` map, by a walk (no reading): entries added and removed since,
+    and regular files whose size differs or that were modified after ``since`` (epoch seconds)."""
+    added: list[str] = []
+    changed: list[str] = []
+    seen = set()
+    for directory, dirs, names in os.walk(root):
+        for name in dirs + names:
+            full = os.path.join(directory, name)
+            rel = os.path.relpath(full, root)
+            seen.add(rel)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            record = expected.get(rel)
+            if record is None:
+                added.append(rel)
+            elif stat.S_ISREG(st.st_mode) and (record.get("type") == TYPE_FILE and record.get("size") != st.st_size
+                                                or st.st_mtime > since):
+                changed.append(rel)
+    removed = [rel for rel in expected if rel != "." and rel not in seen]
+    return {"added": len(added), "changed": len(changed), "removed": len(removed),
+            "examples": sorted(added + changed + removed)[:limit]}
+
+
 def compare_trees(expected: dict[str, dict[str, t.Any]], found: dict[str, dict[str, t.Any]], limit: int = 20) -> list[str]:
     problems: list[str] = []
     for name in sorted(set(expected) | set(found)):

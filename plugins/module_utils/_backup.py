@@ -30,6 +30,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppE
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     DockerException,
+    NotFound,
     OperatorError,
     docker_cli,
     iso,
@@ -378,21 +379,26 @@ class Quiesce:
                 mode = "stop" if "stop" in (previous, source.consistency) else "pause"
                 wanted[container.id] = (container, mode)
         for container, mode in wanted.values():
-            if any(c.id == container.id for c in self.paused + self.stopped):
-                continue
-            container.reload()
-            if container.status != "running":
-                continue
-            # recorded (and guarded) before acting, so a run killed right after still gets it back
-            (self.stopped if mode == "stop" else self.paused).append(container)
-            self._remember()
-            if mode == "stop":
-                container.stop()  # the container's own stop timeout (Compose sets it from stop_grace_period)
-            else:
-                _pause(container)
-            self.actions.append(f"{mode} {container_service(container)}")
+            self.hold(container, mode)
 
-    def release(self) -> list[str]:
+    def hold(self, container: t.Any, mode: str) -> None:
+        """Pause or stop one running container (recorded and guarded first); a held or stopped one is left alone."""
+        if any(c.id == container.id for c in self.paused + self.stopped):
+            return
+        container.reload()
+        if container.status != "running":
+            return
+        # recorded (and guarded) before acting, so a run killed right after still gets it back
+        (self.stopped if mode == "stop" else self.paused).append(container)
+        self._remember()
+        if mode == "stop":
+            container.stop()  # the container's own stop timeout (Compose sets it from stop_grace_period)
+        else:
+            _pause(container)
+        self.actions.append(f"{mode} {container_service(container)}")
+
+    def release(self, keep_stopped: bool = False) -> list[str]:
+        """Put every container back; with ``keep_stopped``, stopped ones stay stopped (and recorded) for the caller."""
         problems = []
         for container in reversed(self.paused):
             try:
@@ -400,18 +406,29 @@ class Quiesce:
                 if container.status == "paused":
                     container.unpause()
                 self.actions.append(f"unpause {container_service(container)}")
+            except NotFound:  # removed since: nothing to put back
+                pass
             except Exception as exc:  # keep going: every container must get its chance
                 problems.append(f"could not unpause {container.name}: {exc}")
-        for container in reversed(self.stopped):
-            try:
-                container.start()
-                self.actions.append(f"start {container_service(container)}")
-            except Exception as exc:
-                problems.append(f"could not start {container.name}: {exc}")
-        self.paused, self.stopped = [], []
+        self.paused = []
+        if not keep_stopped:
+            for container in reversed(self.stopped):
+                try:
+                    container.start()
+                    self.actions.append(f"start {container_service(container)}")
+                except NotFound:
+                    pass
+                except Exception as exc:
+                    problems.append(f"could not start {container.name}: {exc}")
+            self.stopped = []
         if not problems:
             self._remember()
         return problems
+
+    def forget(self) -> None:
+        """The held containers were replaced (a switch recreated them): nothing is left to put back."""
+        self.paused, self.stopped = [], []
+        self._remember()
 
 
 def resume_interrupted(ledger: Ledger, client: t.Any) -> list[str]:
@@ -498,9 +515,16 @@ class BackupOptions:
 
 
 def plan_backup(app: dict[str, t.Any], client: t.Any, options: BackupOptions) -> dict[str, t.Any]:
+    """What a backup captures, and the schema version it is taken under (read now, while the app runs)."""
     config = Compose(app).config()
     sources, skipped = resolve_sources(app, client, config, options.consistency)
-    return {"sources": sources, "skipped": skipped, "config": config}
+    warnings = []
+    try:
+        schema = schema_version(client, app)
+    except OperatorError as exc:
+        schema = None
+        warnings.append(f"schema version not recorded: {exc}")
+    return {"sources": sources, "skipped": skipped, "config": config, "schema": schema, "warnings": warnings}
 
 
 def check_space(ledger: Ledger, sources: list[Source], label: str) -> dict[str, int]:
@@ -516,11 +540,14 @@ def check_space(ledger: Ledger, sources: list[Source], label: str) -> dict[str, 
 
 
 def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: BackupOptions,
-               plan: dict[str, t.Any] | None = None, resumed: list[str] | None = None) -> dict[str, t.Any]:
+               plan: dict[str, t.Any] | None = None, resumed: list[str] | None = None,
+               quiesce: Quiesce | None = None) -> dict[str, t.Any]:
     """Capture one set. The caller holds the app lock. Returns the manifest and what was done.
 
     A caller that passes ``plan`` made it after ``resume_interrupted`` (and passes its actions as
     ``resumed``); without a plan, containers an interrupted run left quiesced are put back first.
+    A caller that passes ``quiesce`` (the cutover of a switch) has stopped writers in it already:
+    they stay stopped, and recorded, after a successful capture; after a failed one they run again.
     """
     label = f"app {app['name']}"
     started = time.monotonic()
@@ -543,16 +570,13 @@ def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: Ba
         if restic is None:
             raise OperatorError(f"{label}: the restic backend needs restic.repository and a password")
         restic.ensure_repository()
-    quiesce = Quiesce(ledger)
+    keep_stopped = quiesce is not None
+    quiesce = quiesce or Quiesce(ledger)
     items: list[dict[str, t.Any]] = []
     snapshots: list[str] = []
-    warnings: list[str] = []
+    warnings: list[str] = list(plan["warnings"])
+    schema = plan["schema"]
     try:
-        try:
-            schema = schema_version(client, app)
-        except OperatorError as exc:
-            schema = None
-            warnings.append(f"schema version not recorded: {exc}")
         quiesce.apply(sources, databases=False)
         for source in sources:
             if source.kind == "database":
@@ -570,7 +594,7 @@ def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: Ba
         if problems:
             raise OperatorError(f"{label}: the backup failed and containers could not all be put back: {'; '.join(problems)}")
         raise
-    problems = quiesce.release()
+    problems = quiesce.release(keep_stopped=keep_stopped)
     actions.extend(quiesce.actions)
     if problems:
         shutil.rmtree(directory, ignore_errors=True)

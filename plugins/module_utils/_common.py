@@ -23,7 +23,7 @@ import typing as t
 
 try:
     import docker
-    from docker.errors import DockerException
+    from docker.errors import DockerException, NotFound
 
     HAS_DOCKER = True
     DOCKER_IMPORT_ERROR = None
@@ -32,6 +32,9 @@ except ImportError:  # the module skeleton (_module.AppModule) reports it with m
     DOCKER_IMPORT_ERROR = traceback.format_exc()
 
     class DockerException(Exception):  # type: ignore[no-redef]
+        """Stand-in so that except clauses work without the SDK."""
+
+    class NotFound(DockerException):  # type: ignore[no-redef]
         """Stand-in so that except clauses work without the SDK."""
 
 

@@ -388,6 +388,8 @@ def failure_sentence(record: dict[str, t.Any]) -> str:
         data = f"data restored from {record['data_restored']}" if record.get("data_restored") else "data kept"
         healthy = (record.get("figures") or {}).get("time_to_healthy_s")
         lost = f" Lost: {record['lost']}." if record.get("lost") else ""
+        if record.get("at_risk") and record.get("data_restored") and record.get("data_restored") == record.get("backup_set"):
+            lost += f" Written before the upgrade and not in {record['backup_set']}, so lost too: {record['at_risk']}."
         return (f"The upgrade of {app} failed: {failure}. It was reverted automatically to release {record.get('release_after')} "
                 f"({data}), which is healthy again after {healthy if healthy is not None else '?'} s.{lost}")
     if outcome == "revert_failed":

@@ -18,7 +18,8 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, parse_iso, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._gate import human_age
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic
@@ -83,6 +84,68 @@ def plan_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any,
     running = sorted({_backup.container_service(c) for c in containers if c.status == "running"})
     return {"steps": steps, "skipped": skipped, "running": running, "had_containers": bool(containers),
             "services": sorted(services), "live": live, "config": config}
+
+
+def what_is_lost(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any], entry: dict[str, t.Any],
+                 now: float | None = None) -> dict[str, t.Any]:
+    """What restoring ``entry`` over the target's data today discards, read before anything changes.
+
+    The set's age; per database, the rows per table in the set and now; per volume or path, the
+    entries added, changed or removed since the set was taken. ``changed`` is whether anything
+    differs at all (rows updated in place keep their counts and cannot be told).
+    """
+    manifest = entry["manifest"]
+    seconds = int((time.time() if now is None else now) - parse_iso(manifest["created_at"]).timestamp())
+    # files modified after the capture ended are newer than the set (its writers were held still)
+    taken = parse_iso(manifest.get("finished_at") or manifest["created_at"]).timestamp()
+    lost: dict[str, t.Any] = {"set_id": entry["set_id"], "since": manifest.get("created_at"), "seconds": seconds,
+                              "tables": {}, "files": {}, "unknown": []}
+    parts = []
+    for step in plan["steps"]:
+        item = step["item"]
+        if step["kind"] in ("volume", "path"):
+            root = step.get("path")
+            if step["kind"] == "volume":
+                try:
+                    root = client.volumes.get(step["volume"]).attrs["Mountpoint"]
+                except Exception:  # a volume that is gone loses nothing more
+                    root = None
+            if root is None or not os.path.isdir(root):
+                continue
+            changes = _archive.changes_since(item.get("files") or {}, root, taken)
+            if changes["added"] or changes["changed"] or changes["removed"]:
+                lost["files"][f"{step['kind']} {step['name']}"] = changes
+                counts = ", ".join(f"{changes[k]} {k}" for k in ("added", "changed", "removed") if changes[k])
+                parts.append(f"{step['kind']} {step['name']}: {counts} since ({', '.join(changes['examples'][:3])})")
+            continue
+        container = _service_container(client, target, step["service"], running=True)
+        counts = None
+        if container is not None and item.get("engine") in ("postgres", "mysql", "mariadb", "sqlite"):
+            database = {k: item.get(k) for k in ("engine", "database", "user", "path")}
+            try:
+                counts = _dumps.count_rows(container.id, database, f"app {target['name']}")
+            except OperatorError:
+                counts = None
+        if counts is None:
+            lost["unknown"].append(f"database {step['name']}")
+            parts.append(f"database {step['name']}: its rows now could not be counted")
+            continue
+        for table in sorted(set(item.get("tables") or {}) | set(counts)):
+            then, today = (item.get("tables") or {}).get(table), counts.get(table)
+            if then == today:
+                continue
+            lost["tables"][table] = {"in_set": then, "now": today}
+            if today is None:
+                parts.append(f"{table} ({then} rows in the set) no longer exists under that name")
+            elif then is None:
+                parts.append(f"{table} ({today} rows now) did not exist then and is dropped")
+            else:
+                parts.append(f"{table} has {today} rows now, {then} in the set")
+    lost["changed"] = bool(lost["tables"] or lost["files"] or lost["unknown"])
+    age = human_age(seconds)
+    lost["summary"] = (f"everything written in the last {age} ({'; '.join(parts)})" if lost["changed"] else
+                       f"nothing that can be told: the data has the set's row counts and files ({age} old)")
+    return lost
 
 
 def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any]) -> dict[str, t.Any] | None:

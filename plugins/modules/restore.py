@@ -132,6 +132,17 @@ actions:
   returned: always
   type: list
   elements: str
+lost:
+  description:
+    - For a restore into the live app, what it discards, read before anything is stopped - the same in check mode.
+    - "C(set_id), C(since) and C(seconds) (the set's age), C(tables) (per table, rows C(in_set) and C(now), only those that
+      differ), C(files) (per volume or path, entries C(added), C(changed), C(removed) since, with C(examples)),
+      C(unknown) (databases whose rows could not be counted), C(changed) (whether anything differs) and C(summary) (one sentence)."
+    - Rows updated in place keep the counts, so they cannot be told.
+  returned: when the target is the live app and a restore was planned
+  type: dict
+  sample: {set_id: b-20261202T061502Z-3c1d, seconds: 640, changed: true, tables: {public.notes: {in_set: 12, now: 14}},
+           summary: "everything written in the last 10 min (public.notes has 14 rows now, 12 in the set)"}
 started:
   description: Services started after the restore.
   returned: success
@@ -222,6 +233,10 @@ def restore(module: AppModule) -> dict[str, t.Any]:
             return result
         verification = gate(ledger, entry, params["verify"], client, restic, record=not module.check_mode)
         result["verification"] = {k: v for k, v in verification.items() if k != "checks"}
+        if plan["live"]:  # read while the app still runs, before anything is stopped
+            result["lost"] = _restore.what_is_lost(target, client, plan, entry)
+            if result["lost"]["changed"]:
+                module.warn(f"app {app['name']}: restoring {entry['set_id']} discards {result['lost']['summary']}")
         if module.check_mode:
             result["changed"] = True
             result["actions"] = ([f"stop {', '.join(plan['running'])}"] if plan["running"] else []) + \

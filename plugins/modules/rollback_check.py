@@ -53,6 +53,15 @@ options:
     description: Free space needed to restore, as a multiple of the backup set's unpacked size.
     type: float
     default: 1.2
+  keep_data:
+    description:
+      - When the gate cannot tell whether the data fits the target (no schema probe, or one that failed), keep today's data
+        instead of bringing back the verified set taken under the target.
+      - By default (V(false)), unknown is not safe - data that changed since the newest verified set taken under the target
+        comes back with the code (verdict V(needs_data_restore)), and RV(data_loss) says what that discards. Data that did not
+        change stays either way.
+    type: bool
+    default: false
 requirements:
   - Docker SDK for Python 7.0 or newer
   - the Compose v2 CLI plugin (C(docker compose))
@@ -122,13 +131,23 @@ target_is_live:
   description: Whether the target is exactly what runs now (nothing to roll back).
   returned: success
   type: bool
+compatibility:
+  description:
+    - How the target's code relates to today's data, from the schema versions - V(same), V(compatible) (newer by additive
+      steps only), V(newer_code) (the target migrates it forward), V(older_code) (the data must come back), or V(unknown)
+      (no schema probe, or it failed; see O(keep_data)).
+  returned: success
+  type: str
+  sample: unknown
 restore_set:
   description: The verified backup set that would bring the data back (V(null) when none is needed or none qualifies).
   returned: success
   type: dict
   sample: {set_id: b-20261122T020705Z-1a2b, age_s: 640, release_id: r-20261122T020500Z-9f8e7d6c, schema_version: "2"}
 data_loss:
-  description: What would be lost by restoring RV(restore_set) - seconds since it was taken and rows per table then and now.
+  description:
+    - What restoring RV(restore_set) would discard today - the set's age, rows per table then and now, files added, changed
+      or removed since, and a C(summary) sentence (the restore module's RV(selfhost.rollback.restore#module:lost)).
   returned: success
   type: dict
 checks:
@@ -143,13 +162,12 @@ table:
   elements: str
 """
 
-import datetime
 import os
 import shutil
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _gate, _operation
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError, secret_values, service_container, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError, secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
@@ -185,42 +203,11 @@ def _archive_for(ledger: Ledger, image_id: str) -> str | None:
     return None
 
 
-def live_counts(client: t.Any, app: dict[str, t.Any], item: dict[str, t.Any]) -> dict[str, int] | None:
-    if item.get("engine") not in ("postgres", "mysql", "mariadb", "sqlite"):
-        return None
-    from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import count_rows
+def lost_by(client: t.Any, app: dict[str, t.Any], entry: dict[str, t.Any]) -> dict[str, t.Any]:
+    """What restoring ``entry`` into the app would discard today (see the restore module's ``lost``)."""
+    from ansible_collections.selfhost.rollback.plugins.module_utils import _restore
 
-    try:
-        container = service_container(client, app, item["service"])
-        database = {"engine": item["engine"], "database": item["database"], "user": item.get("user"), "path": item.get("path")}
-        return count_rows(container.id, database, f"app {app['name']}")
-    except (OperatorError, DockerException, KeyError):
-        return None
-
-
-def data_loss(client: t.Any, app: dict[str, t.Any], entry: dict[str, t.Any], now: datetime.datetime) -> dict[str, t.Any]:
-    manifest = entry["manifest"]
-    loss: dict[str, t.Any] = {"since": manifest.get("created_at"), "seconds": _gate.age_seconds(manifest.get("created_at"), now),
-                              "tables": {}}
-    for item in manifest.get("items", []):
-        if item.get("kind") != "database":
-            continue
-        now_counts = live_counts(client, app, item) or {}
-        for table, then in sorted((item.get("tables") or {}).items()):
-            loss["tables"][table] = {"in_set": then, "now": now_counts.get(table)}
-        for table, count in sorted(now_counts.items()):
-            loss["tables"].setdefault(table, {"in_set": None, "now": count})
-    parts = []
-    for table, counts in loss["tables"].items():
-        if counts["now"] is None:
-            parts.append(f"{table} ({counts['in_set']} rows in the set) no longer exists under that name")
-        elif counts["in_set"] is None:
-            parts.append(f"{table} ({counts['now']} rows now) did not exist then and is dropped")
-        elif counts["now"] != counts["in_set"]:
-            parts.append(f"{table} has {counts['now']} rows now, {counts['in_set']} in the set")
-    loss["summary"] = (f"everything written in the last {_gate.human_age(loss['seconds'])}"
-                       + (f" ({'; '.join(parts)})" if parts else ""))
-    return loss
+    return _restore.what_is_lost(app, client, _restore.plan_restore(app, app, client, entry), entry)
 
 
 def window_of(entry: dict[str, t.Any], sets: list[dict[str, t.Any]], keep_last: int | None, keep_within: int | None) -> dict[str, t.Any]:
@@ -269,7 +256,6 @@ def judge(module: AppModule) -> dict[str, t.Any]:
             raise OperatorError(f"app {app['name']}: there is no release before the one running now (recorded: {known})")
         raise OperatorError(f"app {app['name']}: release {params['target']} is not in the ledger; recorded releases: {known}")
     additive = (app.get("schema_probe") or {}).get("additive") or []
-    now = utcnow()
     checks: list[dict[str, t.Any]] = []
 
     if target.get("content_digest") == live_digest:
@@ -278,34 +264,56 @@ def judge(module: AppModule) -> dict[str, t.Any]:
 
     relation, why = _gate.schema_relation(live.get("schema_version"), target.get("schema_version"), additive)
     restore_entry, loss, restore_set, window_check = None, None, None, None
-    if relation == "older_code":
-        # the backup layer (and what it imports) is loaded only when the data must come back:
+    schema = {"live": live.get("schema_version"), "target": target.get("schema_version")}
+    # unknown is not safe: without a schema to compare, data that changed since a set taken under the
+    # target comes back with the code, unless the operator keeps it (keep_data)
+    unknown = relation == "unknown" and target.get("content_digest") != live_digest
+    if relation == "older_code" or (unknown and not params["keep_data"]):
+        # the backup layer (and what it imports) is loaded only when the data may have to come back:
         # an image-only rollback asks the engine and nothing else
         from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
 
         sets = list_sets(ledger)
-        candidates = _gate.restore_candidates(sets, target, history, additive)
+        if unknown:
+            candidates = sorted((e for e in sets if (e.get("manifest") or {}).get("release_id") == target["release_id"]),
+                                key=lambda e: e["manifest"].get("created_at") or "", reverse=True)
+        else:
+            candidates = _gate.restore_candidates(sets, target, history, additive)
         verified = [e for e in candidates if is_verified(e)]
         if verified:
             restore_entry = verified[0]
-            loss = data_loss(client, app, restore_entry, now)
+            loss = lost_by(client, app, restore_entry)
             summary = summarize(restore_entry)
-            checks.append(check("restore", "schema", f"{why}; restore verified set {restore_entry['set_id']} "
-                                f"(taken {_gate.human_age(loss['seconds'])} ago under {summary['release_id']}); "
-                                f"lost: {loss['summary']}", live=live.get("schema_version"), target=target.get("schema_version")))
-            restore_set = {"set_id": restore_entry["set_id"], "created_at": summary["created_at"], "age_s": loss["seconds"],
-                           "release_id": summary["release_id"], "schema_version": summary["schema_version"], "bytes": summary["bytes"]}
-            keep_within = int(parse_duration(params["keep_within"]).total_seconds()) if params["keep_within"] else None
-            window_check = window_of(restore_entry, sets, params["keep_last"], keep_within)
+            taken = f"taken {_gate.human_age(loss['seconds'])} ago under {summary['release_id']}"
+            if unknown and not loss["changed"]:
+                checks.append(check("warn", "schema", f"{why}; the data has not changed since verified set "
+                                    f"{restore_entry['set_id']} ({taken}), so it stays", **schema))
+                restore_entry, loss = None, None
+            else:
+                lead = (f"{why}, so whether {target['release_id']} can read today's data is unknown, and the data changed since "
+                        f"verified set {restore_entry['set_id']} ({taken}); it comes back with the code (keep today's data "
+                        "instead with keep_data, -e rollback_keep_data=true)") if unknown else \
+                    f"{why}; restore verified set {restore_entry['set_id']} ({taken})"
+                checks.append(check("restore", "schema", f"{lead}; lost: {loss['summary']}", **schema))
+                restore_set = {"set_id": restore_entry["set_id"], "created_at": summary["created_at"], "age_s": loss["seconds"],
+                               "release_id": summary["release_id"], "schema_version": summary["schema_version"],
+                               "bytes": summary["bytes"]}
+                keep_within = int(parse_duration(params["keep_within"]).total_seconds()) if params["keep_within"] else None
+                window_check = window_of(restore_entry, sets, params["keep_last"], keep_within)
+        elif unknown:
+            checks.append(check("warn", "schema", f"{why}, and no verified backup set was taken under {target['release_id']}: "
+                                "today's data stays, and whether that release can read it is unknown", **schema))
         else:
             unverified = [e["set_id"] for e in candidates]
             detail = (f"{why}, and no verified backup set taken under {target['release_id']} (or on a schema it runs on) exists"
                       + (f"; {', '.join(unverified)} exist but did not pass verification" if unverified else "")
                       + "; the data cannot be brought back with the code")
-            checks.append(check("block", "schema", detail, live=live.get("schema_version"), target=target.get("schema_version")))
+            checks.append(check("block", "schema", detail, **schema))
+    elif unknown:
+        checks.append(check("warn", "schema", f"{why}; today's data is kept as asked (keep_data), although whether "
+                            f"{target['release_id']} can read it is unknown", keep_data=True, **schema))
     else:
-        checks.append(check("ok" if relation != "unknown" else "warn", "schema", why,
-                            live=live.get("schema_version"), target=target.get("schema_version")))
+        checks.append(check("ok" if relation != "unknown" else "warn", "schema", why, **schema))
 
     findings = _gate.runtime_findings(target.get("runtime") or {}, live.get("runtime") or {})
     worst = "block" if any(f[0] == "block" for f in findings) else "warn" if any(f[0] == "warn" for f in findings) else "ok"
@@ -351,6 +359,7 @@ def judge(module: AppModule) -> dict[str, t.Any]:
         "target_is_live": target.get("content_digest") == live_digest,
         "restore_set": restore_set,
         "data_loss": loss,
+        "compatibility": relation,
         "checks": checks,
         "table": [f"rollback of {app['name']} to {target['release_id']}: {verdict}"] + _gate.render_table(checks),
     }
@@ -363,6 +372,7 @@ def main() -> None:
         "keep_last": {"type": "int"},
         "keep_within": {"type": "str"},
         "space_margin": {"type": "float", "default": 1.2},
+        "keep_data": {"type": "bool", "default": False},
     })
     module.run(judge)
 

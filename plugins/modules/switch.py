@@ -74,6 +74,22 @@ options:
     description: For an upgrade, pull images that are not on the engine yet.
     type: bool
     default: true
+  cutover:
+    description:
+      - For an upgrade, capture the data at the moment of the switch, so that a revert brings back exactly what the
+        app held when the new version took over.
+      - "Order: the new files are written and the new images pulled while the app still runs; then every running service
+        that hosts no declared database (its writers) is stopped, the databases are dumped and the volumes and paths
+        captured as a backup set (tagged V(cutover), taken under the release that ran until then), and Compose brings the
+        new version up. The writers' downtime grows by the time of that capture."
+      - A service that hosts a declared database keeps running until Compose recreates it; its dump is taken online.
+      - When the capture fails, the stopped services are started again, the old files put back, and the module fails with
+        nothing switched. A run killed during the capture has its writers started again by the quiesce guard
+        (see M(selfhost.rollback.backup)).
+      - The set is not verified here; verify it with M(selfhost.rollback.backup_verify) (the upgrade role does, right
+        after the switch) so that the compatibility gate may pick it.
+    type: bool
+    default: false
   start_first:
     description:
       - For a switch back (O(release)), services to switch by starting the new container beside the old one
@@ -164,6 +180,15 @@ outside_release:
   type: list
   elements: str
   sample: [worker-old]
+cutover:
+  description:
+    - With O(cutover), the set that captured the data at the switch and what it took.
+    - "C(set_id), C(stopped) (the services stopped for it), C(stop_s) (stopping them: each one's stop grace period, while
+      it still serves), C(seconds) (the capture with the writers down: what the cutover adds to the outage), C(bytes),
+      C(tables) (rows per table in each database dump)."
+  returned: when O(cutover) captured a set
+  type: dict
+  sample: {set_id: b-20261202T061502Z-3c1d, stopped: [app], seconds: 0.84, bytes: 52311, tables: {db-notes: {public.notes: 12}}}
 started_first:
   description: Services switched by starting the new container beside the old one (O(start_first)), or that would be in check mode.
   returned: when O(release) is set
@@ -195,7 +220,7 @@ import os
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _project
+from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
@@ -514,6 +539,52 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
     return result
 
 
+def writers(client: t.Any, app: dict[str, t.Any]) -> list[t.Any]:
+    """The running containers of services that host no declared database: what the cutover stops."""
+    hosts = {d["service"] for d in app.get("databases") or []}
+    return sorted((c for c in project_containers(client, app["project_name"])
+                   if c.status == "running" and c.labels.get("com.docker.compose.service") not in hosts), key=lambda c: c.name)
+
+
+def put_back(app: dict[str, t.Any], changed_files: list[str], current: dict[str, bytes], pins: bytes | None) -> None:
+    """The project files (and the pins file) as they were before the switch wrote them."""
+    for rel in changed_files:
+        path = os.path.join(app["project_dir"], rel)
+        if rel in current:
+            _project.write_project_file(path, current[rel])
+        elif os.path.exists(path):
+            os.remove(path)
+    if pins is not None:
+        atomic_write_bytes(app["pins_file"], pins)
+
+
+def capture_cutover(module: AppModule, app: dict[str, t.Any], plan: dict[str, t.Any], resumed: list[str]) -> tuple[t.Any, dict[str, t.Any]]:
+    """Stop the writers and capture the data as it is at this moment (the caller holds the lock)."""
+    _backup.check_space(module.ledger, plan["sources"], f"app {app['name']}")  # before anything stops
+    began = time.monotonic()
+    quiesce = _backup.Quiesce(module.ledger, purpose="cutover")
+    stopped = writers(module.client, app)
+    options = cutover_options(app)
+    options.space_check = False
+    try:
+        for container in stopped:
+            quiesce.hold(container, "stop")
+        held = time.monotonic()
+        done = _backup.run_backup(app, module.client, module.ledger, options, plan, resumed, quiesce)
+    except BaseException:
+        quiesce.release()
+        raise
+    manifest = done["manifest"]
+    return quiesce, {"set_id": manifest["set_id"], "stopped": sorted({c.labels.get("com.docker.compose.service") for c in stopped}),
+                     "stop_s": round(held - began, 3), "seconds": round(time.monotonic() - held, 3),
+                     "bytes": sum(int(i.get("bytes") or 0) for i in manifest["items"]),
+                     "tables": {i["name"]: i.get("tables") for i in manifest["items"] if i.get("kind") == "database"}}
+
+
+def cutover_options(app: dict[str, t.Any]) -> _backup.BackupOptions:
+    return _backup.BackupOptions(consistency=dict(app.get("consistency") or {}), tags=["cutover"])
+
+
 def switch_forward(module: AppModule) -> dict[str, t.Any]:
     app = module.app
     if module.params["start_first"]:
@@ -526,6 +597,10 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
     actions = [f"write {rel}" for rel in changed_files]
     if changed_files and app.get("pins_file") and os.path.isfile(app["pins_file"]) and module.params["unpin"]:
         actions.append(f"remove the digest pins in {app['pins_file']}")
+    cutover = module.params["cutover"] and bool(changed_files or stopped)
+    if cutover:
+        names = sorted({c.labels.get("com.docker.compose.service") for c in writers(module.client, app)})
+        actions.append(f"stop {', '.join(names) or 'no writer'} and capture the data as the cutover set")
     if changed_files or stopped or not running:
         actions.append("docker compose up -d")
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": changed_files,
@@ -533,12 +608,34 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
     if actions and not module.check_mode:
         module.result.update(actions=actions, files_changed=changed_files)  # what a failure from here on reports
         with module.lock("switching to a new version"):
+            before, quiesce = app, None
+            if cutover:
+                resumed = _backup.resume_interrupted(module.ledger, module.client)
+                plan = _backup.plan_backup(before, module.client, cutover_options(before))
+            pins = None
+            if app.get("pins_file") and os.path.isfile(app["pins_file"]):
+                with open(app["pins_file"], "rb") as handle:
+                    pins = handle.read()
             for rel in changed_files:
                 _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
             if changed_files and module.params["unpin"]:
                 drop_pins(app)  # what pinning added, taken away, as unpin does in the files
             app = validate_app(module.params["app"], module.params["store"])
-            bring_up(app, None, "missing" if module.params["pull"] else "never", module.params["wait"])
+            try:
+                if cutover:
+                    if module.params["pull"]:  # while the app still runs: the cutover's downtime holds no download
+                        Compose(app).run("pull", "--policy", "missing", "--quiet", "--ignore-buildable",
+                                         timeout=module.params["wait"], what="pulling the new images")
+                    quiesce, result["cutover"] = capture_cutover(module, before, plan, resumed)
+                    module.result["cutover"] = result["cutover"]  # a failure from here on still names the set
+            except BaseException:
+                put_back(before, changed_files, current, pins)
+                raise
+            try:
+                bring_up(app, None, "missing" if module.params["pull"] else "never", module.params["wait"])
+            finally:
+                if quiesce is not None:  # replaced by Compose, or started again where it could not
+                    quiesce.release()
         result["outside_release"] = outside(module.client, app, Compose(app).config())
         running = running_images(module.client, app)
     result["services"] = running
@@ -564,10 +661,11 @@ def main() -> None:
             "unpin": {"type": "bool", "default": True},
             "start_first": {"type": "list", "elements": "str", "default": []},
             "pull": {"type": "bool", "default": True},
+            "cutover": {"type": "bool", "default": False},
             "wait": {"type": "float", "default": 300},
             "lock_timeout": {"type": "float", "default": 60},
         },
-        errors=(PinError,),
+        errors=(PinError, *_backup.OPERATOR_FAILURES),
         mutually_exclusive=[("release", "env"), ("release", "compose_src")],
         required_one_of=[("release", "env", "compose_src")],
     )

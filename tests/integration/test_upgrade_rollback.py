@@ -34,23 +34,46 @@ def titles(demo) -> list[str]:
     return [n["title"] for n in demo.notes()]
 
 
-def test_failed_upgrade_reverts_with_its_data_in_one_run(demo_app, run_playbook, tmp_path):
+def test_failed_upgrade_reverts_to_the_moment_of_the_switch(demo_app, run_playbook, tmp_path):
+    """A revert brings back what the app held when the new version took over; without the cutover
+    (a reused older set), the failure message and the record name what was lost."""
     inventory = inventory_for(demo_app, tmp_path)
     demo_app.add_note("before the upgrade", "must survive")
+    run = run_playbook("selfhost.rollback.pre_upgrade", {}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    demo_app.add_note("after the backup", "written after the verified set the upgrade reuses")
+
     run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.1"}}, inventory=inventory)
     assert run.rc != 0
+    assert not any(r["task"].startswith("Back up: ") and r["status"] != "skipped" for r in run.results), "the fresh set was not reused"
     failure = run.task("Report the failed upgrade and the revert")["result"]["msg"]
     assert failure.startswith(f"The upgrade of {demo_app.name} failed: app {demo_app.name} failed its health gate: ")
-    assert "It was reverted automatically to release r-" in failure and "data restored from b-" in failure
-    # back on 1.0, healthy, with the data written before the upgrade
-    assert demo_app.wait_healthy(timeout=5) == {"status": "ok", "version": "1.0", "schema": 1, "code_schema": 1}
-    assert titles(demo_app) == ["before the upgrade"]
-    assert "NOTES_VERSION=1.0" in (demo_app.project_dir / ".env").read_text()
     op = last_operation(demo_app)
     assert (op["kind"], op["outcome"], op["phase"]) == ("upgrade", "reverted", "done")
+    assert op["cutover_set"] and op["data_restored"] == op["cutover_set"], op
+    assert "It was reverted automatically to release r-" in failure and f"data restored from {op['cutover_set']}" in failure
+    # what the restore discards is what 2.1 made of the data after the cutover (its migration), named in one sentence
+    assert f"Lost: {op['lost']}" in failure and "public.schema_migrations has 3 rows now, 1 in the set" in op["lost"], op
+    # back on 1.0, healthy, with every row written before the upgrade began
+    assert demo_app.wait_healthy(timeout=5) == {"status": "ok", "version": "1.0", "schema": 1, "code_schema": 1}
+    assert titles(demo_app) == ["before the upgrade", "after the backup"]
+    assert "NOTES_VERSION=1.0" in (demo_app.project_dir / ".env").read_text()
     assert op["figures"]["time_to_healthy_s"] is not None
     assert not (ledger(demo_app) / "journal.json").exists()
     assert demo_app.password not in run.stdout
+
+    # without the cutover, the revert restores the reused set, and says what that cost
+    demo_app.add_note("after the cutover set", "lost without a cutover")
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.1"}, "upgrade_cutover": False},
+                       inventory=inventory)
+    assert run.rc != 0
+    failure = run.task("Report the failed upgrade and the revert")["result"]["msg"]
+    op = last_operation(demo_app)
+    assert op["outcome"] == "reverted" and op.get("cutover_set") is None and op["data_restored"] == op["backup_set"], op
+    # named before the switch, and again in the failure message
+    assert "public.notes has 3 rows now, 2 in the set" in op["at_risk"], op
+    assert f"not in {op['backup_set']}, so lost too: {op['at_risk']}" in failure, failure
+    assert titles(demo_app) == ["before the upgrade", "after the backup"]
 
 
 def test_upgrade_then_rollback_with_data_and_notes(demo_app, run_playbook, tmp_path):
