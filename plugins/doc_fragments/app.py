@@ -70,6 +70,43 @@ options:
             description: Seconds to wait for one answer.
             type: float
             default: 3.0
+      smoke:
+        description:
+          - Requests that touch the app's data, each with the answer it must give - for example a query that must return
+            known ids. A heartbeat URL says the code runs; a smoke request says it can read what it holds.
+          - Sent to the scheme and host of O(app.health.url) by every health gate after a switch (upgrade, rollback,
+            revert) and by the health baseline, and to the copy by every drill. A release that boots but cannot read its
+            data fails its gate and its drill.
+          - A request that fails when the baseline is recorded stops the pre-upgrade before anything changes.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          path:
+            description: The path and query, for example V(/search?q=invoice).
+            type: str
+            required: true
+          method:
+            description: HTTP method.
+            type: str
+            default: GET
+          body:
+            description: Request body.
+            type: str
+          content_type:
+            description: The C(Content-Type) of O(app.smoke[].body), for example V(application/json).
+            type: str
+          status:
+            description: The status expected.
+            type: int
+            default: 200
+          contains:
+            description: Text the answer must contain (an id, a title).
+            type: str
+          timeout:
+            description: Seconds to wait for the answer.
+            type: float
+            default: 5
       databases:
         description: Databases captured by logical dumps.
         type: list

@@ -26,6 +26,19 @@ PINS_FILE = "pins.yaml"
 TOP_LEVEL_NAME = re.compile(r"^name\s*:", re.MULTILINE)
 
 
+# a request that must get a known answer (see the app option ``smoke``, also the drill's own ``smoke``)
+SMOKE_OPTIONS: dict[str, t.Any] = {
+    "path": {"type": "str", "required": True},
+    "method": {"type": "str", "default": "GET"},
+    "body": {"type": "str"},
+    "content_type": {"type": "str"},
+    "status": {"type": "int", "default": 200},
+    "contains": {"type": "str"},
+    "timeout": {"type": "float", "default": 5},
+}
+
+
+
 def app_option_spec() -> dict[str, t.Any]:
     """Suboptions of the ``app`` option."""
     return {
@@ -42,6 +55,7 @@ def app_option_spec() -> dict[str, t.Any]:
                 "timeout": {"type": "float", "default": 3.0},
             },
         },
+        "smoke": {"type": "list", "elements": "dict", "default": [], "options": SMOKE_OPTIONS},
         "databases": {
             "type": "list",
             "elements": "dict",
@@ -139,6 +153,7 @@ def validate_app(app: dict[str, t.Any], store: str | None = None) -> dict[str, t
         if mode not in ("stop", "pause", "none"):
             raise AppError(f"app {name}: consistency {mode!r} for {key} is not one of stop, pause, none")
     resolved["one_shot"] = list(app.get("one_shot") or [])
+    resolved["smoke"] = list(app.get("smoke") or [])
     own = (app.get("pins") or "compose_files") == "own_file"
     resolved["pins_file"] = os.path.join(store, name, PINS_FILE) if own and store else None
     resolved["extra_files"] = []  # the collection's own overrides for one call (a switch's image override)

@@ -28,10 +28,8 @@ import shutil
 import socket
 import time
 import typing as t
-import urllib.error
 import urllib.parse
 
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps, _gate, _operation, _project, _release, _restore
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
@@ -42,7 +40,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     project_containers,
     stamp,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, summarize
+from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, run_smoke, summarize
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import load, plan_load
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes, ensure_dir
 
@@ -200,16 +198,6 @@ def compare_counts(expected: dict[str, int], found: dict[str, int], ignore: list
     return problems
 
 
-def smoke_problems(spec: dict[str, t.Any], status: int, body: str) -> list[str]:
-    problems = []
-    want = int(spec.get("status") or 200)
-    if status != want:
-        problems.append(f"{spec.get('method') or 'GET'} {spec['path']} answered {status or 'nothing'}, expected {want}")
-    if spec.get("contains") and spec["contains"] not in body:
-        problems.append(f"{spec.get('method') or 'GET'} {spec['path']} does not contain {spec['contains']!r}")
-    return problems
-
-
 def summary_timings(timings: dict[str, float | None]) -> dict[str, float | None]:
     """The three figures a rollback cares about, and their sum: time until the old release serves again."""
     parts = [timings.get(k) for k in ("restore_s", "boot_s", "healthy_s")]
@@ -338,17 +326,6 @@ def copy_states(client: t.Any, project: str) -> dict[str, dict[str, t.Any]]:
     return found
 
 
-def http_request(url: str, method: str, body: str | None, timeout: float) -> tuple[int, str]:
-    try:
-        with open_url(url, method=method, data=body.encode() if body is not None else None, timeout=timeout,
-                      validate_certs=False) as response:
-            return int(response.status), response.read(1 << 20).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read(1 << 20).decode(errors="replace") if exc.fp else ""
-    except (OSError, ValueError):
-        return 0, ""
-
-
 # --------------------------------------------------------------------------- the drill
 
 
@@ -458,7 +435,7 @@ class Drill:
         self.urls, self.publish, url_problems = map_urls(urls, config.get("services") or {}, free_loopback_port)
         if url_problems:
             problems += url_problems
-        if self.options.get("smoke") and not self.urls:
+        if self.smoke_requests() and not self.urls:
             problems.append("smoke requests need a health URL on a published port to know where the copy answers")
         unknown_env = sorted(set(self.options.get("env") or {}) - set(config.get("services") or {}))
         if unknown_env:
@@ -568,17 +545,16 @@ class Drill:
                        tables=found)
         del target
 
+    def smoke_requests(self) -> list[dict[str, t.Any]]:
+        """The app's own smoke requests, then the drill's."""
+        return list(self.app.get("smoke") or []) + list(self.options.get("smoke") or [])
+
     def smoke(self) -> None:
         base = next(iter(self.urls.values()), None)
         if not base:
             return
-        parts = urllib.parse.urlsplit(base)
-        for spec in self.options.get("smoke") or []:
-            path = spec["path"] if spec["path"].startswith("/") else "/" + spec["path"]
-            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-            status, body = http_request(url, spec.get("method") or "GET", spec.get("body"), float(spec.get("timeout") or 5))
-            self.check(f"smoke {spec.get('method') or 'GET'} {spec['path']}", "smoke", smoke_problems(spec, status, body),
-                       detail=f"answered {status}")
+        for outcome in run_smoke(base, self.smoke_requests()):
+            self.check(f"smoke {outcome['request']}", "smoke", outcome["problems"], detail=f"answered {outcome['status']}")
 
     def teardown(self) -> list[str]:
         problems: list[str] = []

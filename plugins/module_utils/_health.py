@@ -12,6 +12,7 @@ import math
 import time
 import typing as t
 import urllib.error
+import urllib.parse
 
 from ansible.module_utils.urls import open_url
 
@@ -95,3 +96,50 @@ def judge(figures: dict[str, t.Any], baseline: dict[str, t.Any] | None, containe
                 f"(allowed {allowed:.1f} ms)"
             )
     return (not reasons), reasons
+
+
+# --------------------------------------------------------------------------- smoke requests
+
+def http_request(url: str, method: str, body: str | None, timeout: float,
+                 content_type: str | None = None) -> tuple[int, str]:
+    """One request: the status (0 when nothing answered) and up to 1 MiB of the answer."""
+    headers = {"Content-Type": content_type} if content_type else None
+    try:
+        with open_url(url, method=method, data=body.encode() if body is not None else None, timeout=timeout,
+                      headers=headers, validate_certs=False) as response:
+            return int(response.status), response.read(1 << 20).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read(1 << 20).decode(errors="replace") if exc.fp else ""
+    except (OSError, ValueError):
+        return 0, ""
+
+
+def smoke_name(spec: dict[str, t.Any]) -> str:
+    return f"{spec.get('method') or 'GET'} {spec['path']}"
+
+
+def smoke_problems(spec: dict[str, t.Any], status: int, body: str) -> list[str]:
+    """Why an answer is not the one a smoke request expects (empty when it is)."""
+    problems = []
+    want = int(spec.get("status") or 200)
+    if status != want:
+        problems.append(f"{smoke_name(spec)} answered {status or 'nothing'}, expected {want}")
+    text = spec.get("contains")
+    if text and text not in body:
+        problems.append(f"{smoke_name(spec)} does not contain {text!r}" + (f" (answer: {body[:120]!r})" if body else ""))
+    return problems
+
+
+def run_smoke(base_url: str, specs: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+    """Send each smoke request to the scheme and host of ``base_url``; one result per request."""
+    parts = urllib.parse.urlsplit(base_url)
+    results = []
+    for spec in specs:
+        path, _mark, query = spec["path"].partition("?")
+        path = path if path.startswith("/") else "/" + path
+        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+        status, body = http_request(url, spec.get("method") or "GET", spec.get("body"), float(spec.get("timeout") or 5),
+                                    spec.get("content_type"))
+        problems = smoke_problems(spec, status, body)
+        results.append({"request": smoke_name(spec), "status": status, "passed": not problems, "problems": problems})
+    return results

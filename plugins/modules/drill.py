@@ -64,7 +64,9 @@ options:
     type: dict
     default: {}
   smoke:
-    description: Requests sent to the copy once it is healthy, on the port of its health URL.
+    description:
+      - Requests sent to the copy once it is healthy, on the port of its health URL, after the app's own
+        O(app.smoke) requests.
     type: list
     elements: dict
     default: []
@@ -79,6 +81,9 @@ options:
         default: GET
       body:
         description: Request body.
+        type: str
+      content_type:
+        description: The C(Content-Type) of O(smoke[].body), for example V(application/json).
         type: str
       status:
         description: The status expected.
@@ -237,6 +242,7 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import SMOKE_OPTIONS
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
@@ -246,14 +252,7 @@ def argument_spec() -> dict[str, t.Any]:
         "set_id": {"type": "str"},
         "verify": {"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
         "env": {"type": "dict", "default": {}},
-        "smoke": {"type": "list", "elements": "dict", "default": [], "options": {
-            "path": {"type": "str", "required": True},
-            "method": {"type": "str", "default": "GET"},
-            "body": {"type": "str"},
-            "status": {"type": "int", "default": 200},
-            "contains": {"type": "str"},
-            "timeout": {"type": "float", "default": 5},
-        }},
+        "smoke": {"type": "list", "elements": "dict", "default": [], "options": SMOKE_OPTIONS},
         "probes": {"type": "int", "default": 10},
         "max_error_rate": {"type": "float", "default": 0.0},
         "max_p99_ratio": {"type": "float", "default": 3.0},

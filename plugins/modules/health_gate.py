@@ -15,6 +15,8 @@ description:
   - With O(mode=baseline), records the figures as the baseline of a known-good release
     in the ledger. With O(mode=check), judges the figures against that baseline and
     absolute limits, and fails with every reason when the app does not pass.
+  - Then it sends the app's smoke requests (O(app.smoke)), which touch its data; any answer that is not the expected one
+    fails the gate (and a baseline), so a release that boots but cannot read what it holds does not pass.
   - The verdict always carries the numbers behind it.
 author:
   - selfhost.rollback maintainers (@selfhost-rollback)
@@ -138,6 +140,14 @@ containers:
   returned: always
   type: dict
   sample: {app: {state: running, health: healthy}, db: {state: running, health: healthy}}
+smoke:
+  description:
+    - One entry per smoke request of O(app.smoke), sent once the app is healthy - C(request), C(status), C(passed) and
+      C(problems) (why the answer is not the expected one). Any failure fails the gate.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{request: "GET /search?q=invoice", status: 500, passed: false, problems: ["GET /search?q=invoice answered 500, expected 200"]}]
 time_to_healthy_s:
   description: Seconds until every service ran and the health URL answered 2xx (V(null) if that never happened within O(wait)).
   returned: always
@@ -165,7 +175,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     state_failed,
     state_ok,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, summarize
+from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, run_smoke, summarize
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
@@ -232,6 +242,13 @@ def gate(module: AppModule) -> dict[str, t.Any]:
     if time_to_healthy is None:
         passed = False
         reasons.insert(0, f"the app did not become healthy (gave up after {waited:.0f} s of at most {params['wait']:g} s)")
+    # requests that touch the data: a release that boots but cannot read what it holds fails here
+    smoke = run_smoke(health["url"], app.get("smoke") or []) if time_to_healthy is not None else []
+    failed_smoke = [problem for outcome in smoke for problem in outcome["problems"]]
+    if failed_smoke:
+        passed = False
+        reasons.append("smoke request " + "; ".join(failed_smoke)
+                       + (" (fix the request in app.smoke, or the app, before recording a baseline)" if params["mode"] == "baseline" else ""))
     if params["mode"] == "check" and judged_against is None:
         module.warn(f"app {name}: no baseline {baseline_name!r} in the ledger; judged by absolute limits only")
     changed = False
@@ -245,7 +262,7 @@ def gate(module: AppModule) -> dict[str, t.Any]:
         judged_against = record
     result = {"changed": changed, "passed": passed, "outcome": "passed" if passed else "failed", "reasons": reasons,
               "figures": figures, "baseline": judged_against, "baseline_name": baseline_name, "containers": states,
-              "time_to_healthy_s": time_to_healthy}
+              "time_to_healthy_s": time_to_healthy, "smoke": smoke}
     if not passed and params["mode"] != "probe":
         verb = "cannot be the baseline" if params["mode"] == "baseline" else "failed its health gate"
         module.fail(f"app {name} {verb}: " + "; ".join(reasons), **result)

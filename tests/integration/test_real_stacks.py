@@ -213,24 +213,31 @@ def vectors(tmp_path, docker_client, registry):
         compose(directory, "down", "-v", "--timeout", "5", check=False)
 
 
-def test_an_embedded_database_and_its_files_come_back_together(vectors, run_playbook, tmp_path):
-    """SQLite plus one index file per item in one volume: upgrade, rollback and drill with every item readable."""
+def test_an_embedded_database_and_its_files_come_back_together(vectors, run_playbook, module_playbook, tmp_path):
+    """SQLite plus one index file per item in one volume, no schema probe, a heartbeat health URL and a smoke
+    request that reads the data: upgrade, rollback (the compatibility is unknown, so the data comes back), a
+    rollback that keeps the unreadable data (it fails its gate), and a drill, with every item readable."""
     directory, url = vectors
     texts = [f"item {n} about {'mugs' if n % 7 == 0 else 'plates'}" for n in range(2000)]
     status, reply = http("POST", f"{url}/items", json.dumps({"texts": texts}).encode(), timeout=60)
     assert status == 201 and len(reply["ids"]) == 2000, (status, reply)
     before = http("GET", f"{url}/search?q=mugs")[1]["ids"]
     assert len(before) == 286
+    known_ids = str(before[:3])[1:-1]
 
     app = {
         "name": "vectors",
         "project_dir": str(directory),
-        "health": {"url": f"{url}/healthz"},
+        "health": {"url": f"{url}/healthz"},  # a heartbeat: answers on any data
+        "smoke": [{"path": "/search?q=mugs", "status": 200, "contains": known_ids, "timeout": 30}],
         "databases": [{"service": "vectors", "engine": "sqlite", "database": "store", "path": "/data/store.db"}],
         "volumes": ["store"],
         "consistency": {"store": "stop"},
-        "schema_probe": {"service": "vectors", "command": SCHEMA_BY_COMMAND},
     }
+    # a schema probe by command reads what the app wrote (the app under test declares none)
+    _run, probed = module_playbook("selfhost.rollback.release", {
+        "app": dict(app, schema_probe={"service": "vectors", "command": SCHEMA_BY_COMMAND}), "store": str(tmp_path / "probe")})
+    assert probed["release"]["schema_version"] == "1", probed["release"]
     store = tmp_path / "ledger"
     inventory = write_inventory(tmp_path / "inventory.json", group_vars={"rollback_apps": [app], "rollback_store": str(store)})
 
@@ -241,23 +248,40 @@ def test_an_embedded_database_and_its_files_come_back_together(vectors, run_play
     assert kinds == [("volume", "store")], kinds  # the SQLite file is captured once, with its index files
     assert manifest["items"][0]["consistency"] == "stop" and manifest["items"][0]["databases"][0]["path"] == "/data/store.db"
 
-    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"VECTORS_VERSION": "2"}, "upgrade_max_p99_ratio": 0},
-                       inventory=inventory)
+    to_2 = {"upgrade_env": {"VECTORS_VERSION": "2"}, "upgrade_max_p99_ratio": 0}
+    run = run_playbook("selfhost.rollback.upgrade", to_2, inventory=inventory)
     assert run.rc == 0, run.stdout[-3000:]
     assert http("GET", f"{url}/healthz")[1]["version"] == 2
     assert http("GET", f"{url}/search?q=mugs")[1]["ids"] == before
 
+    # no schema probe: the plan says so, and brings back the data taken under version 1
     check = run_playbook("selfhost.rollback.rollback", inventory=inventory, check=True)
     assert check.rc == 0, check.stdout[-3000:]
+    gate = check.task("Ask the compatibility gate")["result"]
+    assert (gate["compatibility"], gate["verdict"]) == ("unknown", "needs_data_restore"), gate["table"]
+    plan = check.task("Say the plan")["result"]["msg"]
+    assert any(line.startswith("compatibility of the data: unknown;") and "rollback_keep_data=true" in line for line in plan), plan
+    assert any(line.startswith("data: restored from b-") for line in plan), plan
     run = run_playbook("selfhost.rollback.rollback", inventory=inventory)
     assert run.rc == 0, run.stdout[-3000:]
     assert http("GET", f"{url}/healthz")[1]["version"] == 1
     items = http("GET", f"{url}/items", timeout=30)[1]
     assert len(items) == 2000 and all(item["readable"] for item in items), sum(1 for i in items if not i["readable"])
     assert http("GET", f"{url}/search?q=mugs")[1]["ids"] == before
+    assert run.task("Check health against the release's baseline")["result"]["smoke"][0]["passed"]
 
-    drill = run_playbook("selfhost.rollback.drill", {
-        "drill_target": "current",
-        "drill_settings": {"vectors": {"smoke": [{"path": "/search?q=mugs", "status": 200, "contains": str(before[:3])[1:-1]}]}},
-    }, inventory=inventory)
+    # keeping today's data is a choice; here it leaves version 1 on data it cannot read, and its gate says so
+    run = run_playbook("selfhost.rollback.upgrade", to_2, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    run = run_playbook("selfhost.rollback.rollback", {"rollback_keep_data": True}, inventory=inventory)
+    assert run.rc != 0
+    assert http("GET", f"{url}/healthz")[1]["version"] == 1  # the heartbeat alone would have passed
+    failure = run.task("Stop with what to do next")["result"]["msg"]
+    assert "failed its health gate" in failure and "GET /search?q=mugs answered 500, expected 200" in failure, failure
+    record = json.loads((store / "vectors" / "last_operation.json").read_text())
+    assert record["outcome"] == "failed" and record["keep_data"] is True, record
+
+    # the drill of version 1 restores its verified set into a copy: its smoke request passes there
+    drill = run_playbook("selfhost.rollback.drill", {"drill_target": gate["target"]["release_id"]}, inventory=inventory)
     assert drill.rc == 0, drill.stdout[-3000:]
+    assert any(c["kind"] == "smoke" and c["passed"] for c in drill.task("Rehearse")["result"]["checks"]), drill.stdout[-2000:]

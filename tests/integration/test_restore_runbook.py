@@ -43,8 +43,15 @@ def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
     assert run.rc == 0, run.stdout
     set_id = run.task("Back up")["result"]["set_id"]
 
-    # the bad day: a faulty upgrade writes garbage, someone deletes the volumes
+    # the bad day: a faulty upgrade writes garbage; before anything else, what would a restore discard?
     demo.add_note("garbage from the faulty upgrade")
+    preview = run_playbook(playbook(tmp_path, "restore.yml", [
+        {"name": "Restore", "selfhost.rollback.restore": {**common, "set_id": set_id}, "register": "r"},
+        {"name": "What it would discard", "ansible.builtin.debug": {"var": "r.lost.summary"}},
+    ]), check=True)
+    assert preview.rc == 0, preview.stdout
+    assert "public.notes has 4 rows now, 3 in the set" in preview.task("Restore")["result"]["lost"]["summary"]
+    # and then someone deletes the volumes
     demo.compose("down", "-v", "--timeout", "5")
 
     listing = subprocess.run(f"ls -l {demo.store}/{demo.name}/backups/{set_id}", shell=True, capture_output=True, text=True, check=False).stdout
@@ -68,7 +75,7 @@ def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
     assert health[0] == 200 and notes == ["groceries", "meeting notes", "ideas"]
 
     if os.environ.get("SELFHOST_WRITE_RUNBOOK") == "1":
-        text = render(demo, set_id, run, verify, restore, listing, status, health, notes)
+        text = render(demo, set_id, run, verify, preview, restore, listing, status, health, notes)
         RUNBOOK.write_text(text)
 
 
@@ -90,7 +97,7 @@ def tasks_only(stdout: str) -> str:
     return "\n".join(lines)
 
 
-def render(demo, set_id, backup, verify, restore, listing, status, health, notes) -> str:
+def render(demo, set_id, backup, verify, preview, restore, listing, status, health, notes) -> str:
     def c(text):
         return clean(demo, text)
     return f"""# Restore runbook
@@ -155,7 +162,16 @@ volumes and containers, replaces each volume and bind path with the backup's con
 beside the live data and swapped in only when complete), drops and re-creates each database and
 loads its dump, starts what was running (everything, if the project was gone), and waits for the
 health URL. It first runs a fresh checksum check of the set and refuses — changing nothing — if
-that fails. Add `--check` to see the plan without doing anything.
+that fails.
+
+Before that, see what it would discard: the same playbook with `--check` changes nothing and says,
+per table, the rows now and in the set, and per volume or path the files added, changed or removed
+since (here, while the faulty version still ran):
+
+```console
+$ ansible-playbook restore.yml --check
+{c(tasks_only(preview.stdout))}
+```
 
 ## 4. Restore
 
