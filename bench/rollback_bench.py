@@ -38,6 +38,8 @@ COLLECTIONS = Path(os.environ.get("SELFHOST_COLLECTIONS", VENV / "collections"))
 # what the issue asks of an image-only rollback, against the bare switch in the same run
 MAX_EXTRA_UNAVAILABLE_S = 0.5
 MAX_TIME_TO_HEALTHY_RATIO = 1.5
+# what the cutover (the data captured at the switch) may add to an upgrade's outage
+MAX_CUTOVER_EXTRA_S = 2.0
 
 
 def free_port() -> int:
@@ -200,9 +202,39 @@ def line(label: str, m: Measurement) -> str:
             f"({m.failed} of {m.probes} probes failed), command returned after {m.command_s:.1f} s")
 
 
+def cutover_rounds(project: Project, args: argparse.Namespace) -> None:
+    """The upgrade to 1.1 with the cutover against the same upgrade without it, in the same run."""
+    upgrade = {"upgrade_env": {"NOTES_VERSION": "1.1"}, "upgrade_max_p99_ratio": 0}
+    with_cut: list[Measurement] = []
+    without: list[Measurement] = []
+    captures: list[float] = []
+    for round_no in range(1, args.cutover_rounds + 1):
+        for cutover, into in ((True, with_cut), (False, without)):
+            shutil.copy(ROOT / "demo" / "compose.yaml", project.dir / "compose.yaml")  # back on 1.0 by hand (untimed)
+            project.env_file("1.0")
+            project.compose("up", "-d", "--wait")
+            wait_healthy(project.url, "1.0")
+            into.append(measure(project.url, "1.1", args.hz,
+                                lambda c=cutover: project.playbook("selfhost.rollback.upgrade", dict(upgrade, upgrade_cutover=c))))
+            if cutover:
+                record = json.loads((project.store / project.name / "last_operation.json").read_text())
+                captures.append(float(record["figures"]["cutover_s"]))
+        print(f"cutover round {round_no}:\n  {line('upgrade with the cutover', with_cut[-1])}; capture {captures[-1]:.2f} s\n"
+              f"  {line('upgrade without it', without[-1])}", flush=True)
+    un_c = statistics.median(m.unavailable_s for m in with_cut)
+    un_n = statistics.median(m.unavailable_s for m in without)
+    capture = statistics.median(captures)
+    ok = un_c - un_n <= MAX_CUTOVER_EXTRA_S
+    print(f"\nmedian of {args.cutover_rounds}, the upgrade 1.0 -> 1.1 with and without the cutover in the same run:")
+    print(f"  unavailable: with the cutover {un_c:.2f} s, without {un_n:.2f} s, {un_c - un_n:+.2f} s "
+          f"(target at most +{MAX_CUTOVER_EXTRA_S:g} s: {'met' if ok else 'NOT met'}); the capture itself took {capture:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cutover-rounds", type=int, default=3,
+                        help="rounds of the upgrade to 1.1 with and without the cutover (0 to skip)")
     parser.add_argument("--hz", type=float, default=20.0, help="probes per second (at least 20)")
     args = parser.parse_args()
     if args.hz < 20:
@@ -250,6 +282,8 @@ def main() -> None:
               f"(target at most bare + {MAX_EXTRA_UNAVAILABLE_S:g} s: {'met' if un_ok else 'NOT met'})")
         print(f"  the playbook returned after {cmd_r:.1f} s (its health gate and release record included); "
               f"ratio to bare time to healthy {cmd_r / tth_b:.2f}x")
+        if args.cutover_rounds:
+            cutover_rounds(project, args)
     finally:
         subprocess.run(["docker", "compose", "--project-directory", str(project.dir), "-p", project.name, "down", "-v",
                         "--remove-orphans"], capture_output=True, check=False)
