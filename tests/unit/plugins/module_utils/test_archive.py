@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import tarfile
+import time
 
 import pytest
 
@@ -151,3 +152,19 @@ def test_safe_members_extract(tmp_path):
                                             member("hard", tarfile.LNKTYPE, "dir/file")), str(dest))
     assert count == 4
     assert (dest / "hard").read_bytes() == b"x" and os.readlink(dest / "dir" / "rel") == "file"
+
+
+def test_changes_since_a_set_are_read_from_the_tree_without_reading_files(tmp_path):
+    (tmp_path / "kept.txt").write_text("same")
+    (tmp_path / "grown.txt").write_text("short")
+    (tmp_path / "gone.txt").write_text("x")
+    expected = _archive.scan_tree(str(tmp_path))
+    taken = time.time()
+    (tmp_path / "gone.txt").unlink()
+    (tmp_path / "grown.txt").write_text("much longer now")
+    (tmp_path / "new.txt").write_text("new")
+    old = taken - 60
+    os.utime(tmp_path / "kept.txt", (old, old))
+    changes = _archive.changes_since(expected, str(tmp_path), taken)
+    assert (changes["added"], changes["changed"], changes["removed"]) == (1, 1, 1), changes
+    assert changes["examples"] == ["gone.txt", "grown.txt", "new.txt"]

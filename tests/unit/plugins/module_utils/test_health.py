@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.selfhost.rollback.plugins.module_utils import _health
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, percentile, summarize
 
 RUNNING = {"app": {"state": "running", "health": "healthy"}, "db": {"state": "running", "health": None}}
@@ -85,3 +86,12 @@ def test_a_one_shot_service_is_judged_by_its_exit_code():
     # a service nobody declared one-shot that exits is down, whatever its code
     plain = dict(done, migrate={"state": "exited", "health": None})
     assert verdict(figures, containers=plain) == (False, ["service migrate is exited, not running"])
+
+
+def test_a_smoke_request_names_what_its_answer_lacks():
+    spec = {"path": "/search?q=mugs", "method": "GET", "status": 200, "contains": "7, 14"}
+    assert _health.smoke_problems(spec, 200, '{"ids": [7, 14, 21]}') == []
+    assert _health.smoke_problems(spec, 500, '{"error": "index of item 7 is unreadable"}') == [
+        "GET /search?q=mugs answered 500, expected 200",
+        "GET /search?q=mugs does not contain '7, 14' (answer: '{\"error\": \"index of item 7 is unreadable\"}')"]
+    assert _health.smoke_problems(dict(spec, contains=None), 0, "") == ["GET /search?q=mugs answered nothing, expected 200"]
