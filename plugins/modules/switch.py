@@ -624,7 +624,8 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
             try:
                 if cutover:
                     if module.params["pull"]:  # while the app still runs: the cutover's downtime holds no download
-                        Compose(app).run("pull", "--policy", "missing", "--quiet", "--ignore-buildable",
+                        # best effort: what this cannot pull, 'up --pull missing' pulls (or names) below
+                        Compose(app).run("pull", "--policy", "missing", "--quiet", "--ignore-buildable", check=False,
                                          timeout=module.params["wait"], what="pulling the new images")
                     quiesce, result["cutover"] = capture_cutover(module, before, plan, resumed)
                     module.result["cutover"] = result["cutover"]  # a failure from here on still names the set
