@@ -38,7 +38,6 @@ SMOKE_OPTIONS: dict[str, t.Any] = {
 }
 
 
-
 def app_option_spec() -> dict[str, t.Any]:
     """Suboptions of the ``app`` option."""
     return {

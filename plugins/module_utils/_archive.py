@@ -539,9 +539,10 @@ def changes_since(expected: dict[str, dict[str, t.Any]], root: str, since: float
             record = expected.get(rel)
             if record is None:
                 added.append(rel)
-            elif stat.S_ISREG(st.st_mode) and (record.get("type") == TYPE_FILE and record.get("size") != st.st_size
-                                                or st.st_mtime > since):
-                changed.append(rel)
+            elif stat.S_ISREG(st.st_mode):
+                resized = record.get("type") == TYPE_FILE and record.get("size") != st.st_size
+                if resized or st.st_mtime > since:
+                    changed.append(rel)
     removed = [rel for rel in expected if rel != "." and rel not in seen]
     return {"added": len(added), "changed": len(changed), "removed": len(removed),
             "examples": sorted(added + changed + removed)[:limit]}

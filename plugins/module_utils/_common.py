@@ -23,7 +23,7 @@ import typing as t
 
 try:
     import docker
-    from docker.errors import DockerException, NotFound
+    from docker.errors import DockerException, NotFound  # pylint: disable=unused-import  # NotFound: for the modules
 
     HAS_DOCKER = True
     DOCKER_IMPORT_ERROR = None
