@@ -240,8 +240,9 @@ class PlaybookRun:
 # Saving the engine's images into each test's fresh ledger costs about 15 s per pre_upgrade
 # (1.1 GB of layers, the same every time). The image archive has its own tests
 # (test_image_archive.py) and the full reliability cycle keeps it on; elsewhere it is off
-# unless a test asks for it.
-TEST_DEFAULTS = {"pre_upgrade_archive_images": False}
+# unless a test asks for it. Likewise the cutover set of every upgrade is checked by its
+# checksums only; test_upgrade_rollback.py proves it by a test restore, as the role's default does.
+TEST_DEFAULTS = {"pre_upgrade_archive_images": False, "upgrade_cutover_verify_checks": ["deep"]}
 
 
 def write_inventory(path: Path, hosts: dict[str, dict[str, Any]] | None = None, group_vars: dict[str, Any] | None = None) -> Path:
