@@ -31,10 +31,12 @@ def test_a_revert_whose_gate_refuses_closes_as_revert_failed_and_the_next_run_co
     inventory = inventory_for(demo, tmp_path)
     demo.add_note("order #1042", "2 x oat milk, paid")
     backups, aside = ledger(demo) / "backups", tmp_path / "backups-aside"
-    # the backup the upgrade takes disappears before the switch: the revert's own gate must refuse
+    # the backup the upgrade takes disappears before the switch, and no cutover set replaces it:
+    # the revert's own gate must refuse
     hook = tmp_path / "lose-the-backups.yml"
     hook.write_text(f"- name: Lose the backups\n  ansible.builtin.command: mv {backups} {aside}\n  changed_when: true\n")
-    run = run_playbook("selfhost.rollback.upgrade", dict(TO_2_1, upgrade_before_tasks=str(hook)), inventory=inventory)
+    run = run_playbook("selfhost.rollback.upgrade", dict(TO_2_1, upgrade_before_tasks=str(hook), upgrade_cutover=False),
+                       inventory=inventory)
     assert run.rc != 0
     failure = run.task("Report the failed upgrade and the failed revert")["result"]
     assert failure["outcome"] == "revert_failed"
