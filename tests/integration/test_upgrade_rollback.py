@@ -43,8 +43,8 @@ def test_failed_upgrade_reverts_to_the_moment_of_the_switch(demo_app, run_playbo
     assert run.rc == 0, run.stdout[-3000:]
     demo_app.add_note("after the backup", "written after the verified set the upgrade reuses")
 
-    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.1"},
-                                                  "upgrade_cutover_verify_checks": ["deep", "test_restore"]}, inventory=inventory)
+    proven = {"upgrade_env": {"NOTES_VERSION": "2.1"}, "upgrade_cutover_verify_checks": ["deep", "test_restore"]}
+    run = run_playbook("selfhost.rollback.upgrade", proven, inventory=inventory)
     assert run.rc != 0
     verified = run.task("Verify the data captured at the switch")["result"]
     assert [r["kind"] for r in verified["runs"]] == ["deep", "test_restore"] and verified["passed"], verified
