@@ -425,11 +425,6 @@ class Quiesce:
             self._remember()
         return problems
 
-    def forget(self) -> None:
-        """The held containers were replaced (a switch recreated them): nothing is left to put back."""
-        self.paused, self.stopped = [], []
-        self._remember()
-
 
 def resume_interrupted(ledger: Ledger, client: t.Any) -> list[str]:
     """Put back what an interrupted run left paused or stopped (see ``Quiesce``), and say what its guard did."""

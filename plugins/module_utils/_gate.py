@@ -51,11 +51,12 @@ def pick_target(releases: list[dict[str, t.Any]], release_id: str | None) -> dic
 
 
 def restore_candidates(sets: list[dict[str, t.Any]], target: dict[str, t.Any], releases: list[dict[str, t.Any]],
-                       additive: list[str]) -> list[dict[str, t.Any]]:
+                       additive: list[str], under_target_only: bool = False) -> list[dict[str, t.Any]]:
     """Complete sets whose data the target's code can run on, newest first.
 
-    A set qualifies when it was taken under the target, or under another release whose
-    recorded schema the target can run on (same, or reached by additive steps only).
+    A set qualifies when it was taken under the target, or (unless ``under_target_only``, for a
+    target whose schema is unknown) under another release whose recorded schema the target can
+    run on (same, or reached by additive steps only).
     """
     schema_of = {r.get("release_id"): r.get("schema_version") for r in releases}
     out = []
@@ -63,6 +64,8 @@ def restore_candidates(sets: list[dict[str, t.Any]], target: dict[str, t.Any], r
         manifest = entry.get("manifest") or {}
         if manifest.get("release_id") == target.get("release_id"):
             out.append(entry)
+            continue
+        if under_target_only:
             continue
         schema = manifest.get("schema_version", schema_of.get(manifest.get("release_id")))
         relation, _why = schema_relation(schema, target.get("schema_version"), additive)

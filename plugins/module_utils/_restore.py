@@ -86,6 +86,17 @@ def plan_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any,
             "services": sorted(services), "live": live, "config": config}
 
 
+def step_root(client: t.Any, step: dict[str, t.Any]) -> str | None:
+    """The directory on the host that a volume or path step of a restore plan fills (None when it is not there)."""
+    root = step.get("path")
+    if step["kind"] == "volume":
+        try:
+            root = client.volumes.get(step["volume"]).attrs["Mountpoint"]
+        except Exception:  # a volume that is gone
+            return None
+    return root if root and os.path.isdir(root) else None
+
+
 def what_is_lost(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any], entry: dict[str, t.Any],
                  now: float | None = None) -> dict[str, t.Any]:
     """What restoring ``entry`` over the target's data today discards, read before anything changes.
@@ -104,13 +115,8 @@ def what_is_lost(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any]
     for step in plan["steps"]:
         item = step["item"]
         if step["kind"] in ("volume", "path"):
-            root = step.get("path")
-            if step["kind"] == "volume":
-                try:
-                    root = client.volumes.get(step["volume"]).attrs["Mountpoint"]
-                except Exception:  # a volume that is gone loses nothing more
-                    root = None
-            if root is None or not os.path.isdir(root):
+            root = step_root(client, step)
+            if root is None:  # gone: a restore loses nothing more there
                 continue
             changes = _archive.changes_since(item.get("files") or {}, root, taken)
             if changes["added"] or changes["changed"] or changes["removed"]:
@@ -152,16 +158,11 @@ def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str,
     """What the target looks like now, to tell whether a restore already happened and nothing changed since."""
     parts: dict[str, t.Any] = {"running": plan["running"]}
     for step in plan["steps"]:
-        if step["kind"] == "volume":
-            try:
-                mountpoint = client.volumes.get(step["volume"]).attrs["Mountpoint"]
-            except Exception:  # a missing volume: certainly not restored
+        if step["kind"] in ("volume", "path"):
+            root = step_root(client, step)
+            if root is None:  # missing: certainly not restored
                 return None
-            parts[f"volume:{step['name']}"] = _backup.tree_fingerprint(mountpoint)
-        elif step["kind"] == "path":
-            if not os.path.isdir(step["path"]):
-                return None
-            parts[f"path:{step['name']}"] = _backup.tree_fingerprint(step["path"])
+            parts[f"{step['kind']}:{step['name']}"] = _backup.tree_fingerprint(root)
         else:
             container = _service_container(client, target, step["service"], running=True)
             if container is None:

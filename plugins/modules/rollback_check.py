@@ -274,11 +274,7 @@ def judge(module: AppModule) -> dict[str, t.Any]:
         from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
 
         sets = list_sets(ledger)
-        if unknown:
-            candidates = sorted((e for e in sets if (e.get("manifest") or {}).get("release_id") == target["release_id"]),
-                                key=lambda e: e["manifest"].get("created_at") or "", reverse=True)
-        else:
-            candidates = _gate.restore_candidates(sets, target, history, additive)
+        candidates = _gate.restore_candidates(sets, target, history, additive, under_target_only=unknown)
         verified = [e for e in candidates if is_verified(e)]
         if verified:
             restore_entry = verified[0]

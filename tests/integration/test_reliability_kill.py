@@ -57,17 +57,26 @@ def params(demo, **extra):
     return {"app": demo.definition(), "store": str(demo.store), **extra}
 
 
-def test_killed_backups_keep_the_previous_set_and_the_next_run_repairs(demo_app, module_playbook, docker_client, tmp_path):
-    demo = demo_app
-    rng = random.Random()
-    seed = rng.randrange(1 << 30)
-    rng.seed(seed)
-    print(f"random kill points seeded with {seed}")
-    demo.add_note("kept", "in the first set")
+def seeded(label: str) -> random.Random:
+    """A random source whose seed is printed, so that a failing run can be replayed."""
+    seed = random.Random().randrange(1 << 30)
+    print(f"{label} seeded with {seed}")
+    return random.Random(seed)
+
+
+def fill_uploads(docker_client, demo) -> str:
+    """Enough incompressible data in the uploads volume that reading it takes a measurable while."""
     uploads = docker_client.volumes.get(f"{demo.name}_uploads").attrs["Mountpoint"]
-    # enough incompressible data that reading the volume takes a measurable while
     with open(os.path.join(uploads, "big.bin"), "wb") as handle:
         handle.write(os.urandom(24 * 1024 * 1024))
+    return uploads
+
+
+def test_killed_backups_keep_the_previous_set_and_the_next_run_repairs(demo_app, module_playbook, docker_client, tmp_path):
+    demo = demo_app
+    rng = seeded("random kill points")
+    demo.add_note("kept", "in the first set")
+    uploads = fill_uploads(docker_client, demo)
     with open(os.path.join(uploads, "small.txt"), "wb") as handle:
         handle.write(b"first set\n")
     uploads_then = tree(Path(uploads))
@@ -143,13 +152,8 @@ def test_killed_backups_keep_the_previous_set_and_the_next_run_repairs(demo_app,
 def test_a_backup_killed_anywhere_never_leaves_the_app_frozen(demo_app, module_playbook, docker_client, tmp_path):
     """SIGKILL at ten random points: within 15 s, with no further run, every container that ran runs again."""
     demo = demo_app
-    rng = random.Random()
-    seed = rng.randrange(1 << 30)
-    rng.seed(seed)
-    print(f"kill points seeded with {seed}")
-    uploads = docker_client.volumes.get(f"{demo.name}_uploads").attrs["Mountpoint"]
-    with open(os.path.join(uploads, "big.bin"), "wb") as handle:
-        handle.write(os.urandom(24 * 1024 * 1024))
+    rng = seeded("kill points")
+    fill_uploads(docker_client, demo)
     run, first = module_playbook(BACKUP, params(demo))
     assert run.rc == 0, run.stdout[-3000:]
     window = max(float(first["duration_s"]), 0.5)
