@@ -50,6 +50,10 @@ command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+# the backup fidelity tests set ACLs and capabilities with the stock tools and extract with bsdtar
+command -v setfacl >/dev/null 2>&1 || need+=(acl)
+command -v setcap >/dev/null 2>&1 || need+=(libcap2-bin)
+command -v bsdtar >/dev/null 2>&1 || need+=(libarchive-tools)
 if [ "${#need[@]}" -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # 2. Compose v2 CLI plugin (bookworm only has v1; trixie's package is the v2 plugin).

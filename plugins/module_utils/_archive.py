@@ -3,10 +3,16 @@
 """File-data archives of backup sets (private to the collection).
 
 One pass over a directory writes a POSIX (pax) tar stream and records, for every
-member, its type, mode, owner, size and sha256: the manifest's ``files`` map. Sparse
-files are written in the GNU 1.0 sparse layout (holes stay holes), hard links as
-links, symlinks as links. Reading goes the other way: verify a stream against the
-manifest, or extract it under rules that keep every member inside the target.
+member, its type, mode, owner, size, mtime (nanoseconds), extended attributes and
+sha256: the manifest's ``files`` map. The stream is what GNU tar and bsdtar write and
+read: sub-second mtimes in the ``mtime`` record, extended attributes (file capabilities
+included) as ``SCHILY.xattr.*``, POSIX ACLs as ``SCHILY.acl.access`` / ``.default``,
+sparse files in the GNU 1.0 layout (holes stay holes, a final hole is mapped), hard
+links as links, symlinks verbatim whatever they point at.
+
+Everything on disk is reached through directory file descriptors (``walk`` and the
+extractor), so paths longer than PATH_MAX work, and nothing is ever followed: a
+symlink is read and written as a link, and no member is written through one.
 
 Only the standard library is used, so these functions are unit-testable and the
 benchmark calls the same code the modules run.
@@ -14,17 +20,22 @@ benchmark calls the same code the modules run.
 
 from __future__ import annotations
 
+import errno
+import grp
 import hashlib
 import os
 import posixpath
+import pwd
 import stat
+import struct
 import tarfile
 import typing as t
 
 BLOCK = 512
 CHUNK = 1024 * 1024
+NS = 1_000_000_000
 ENCODING = "utf-8"
-ERRORS = "surrogateescape"  # names that are not UTF-8 round-trip byte for byte
+ERRORS = "surrogateescape"  # names and values that are not UTF-8 round-trip byte for byte
 SPARSE_PLACEHOLDER = "GNUSparseFile.0/sparse"
 
 TYPE_FILE = "file"
@@ -32,6 +43,8 @@ TYPE_DIR = "dir"
 TYPE_SYMLINK = "symlink"
 TYPE_HARDLINK = "hardlink"
 TYPE_FIFO = "fifo"
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ArchiveError(Exception):
@@ -48,6 +61,214 @@ def _digest(hasher: t.Any) -> str:
 
 def mode_string(mode: int) -> str:
     return "%04o" % stat.S_IMODE(mode)
+
+
+# --------------------------------------------------------------------------- metadata: mtimes, xattrs, ACLs
+
+
+def pax_mtime(ns: int) -> str:
+    """Nanoseconds since the epoch as a pax ``mtime`` value (exact, unlike a float)."""
+    seconds, fraction = divmod(ns, NS)
+    return "%d.%09d" % (seconds, fraction)
+
+
+def member_mtime_ns(member: tarfile.TarInfo) -> int:
+    """A member's mtime in nanoseconds, read from the pax record's text (tarfile keeps only a float)."""
+    text = member.pax_headers.get("mtime")
+    if text:
+        negative = text.startswith("-")
+        whole, _dot, fraction = text.lstrip("-").partition(".")
+        try:
+            value = int(whole or 0) * NS + int((fraction + "000000000")[:9])
+            return -value if negative else value
+        except ValueError:
+            pass
+    return int(member.mtime) * NS
+
+
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"
+PAX_ACL = {ACL_ACCESS: "SCHILY.acl.access", ACL_DEFAULT: "SCHILY.acl.default"}
+PAX_XATTR = "SCHILY.xattr."
+ACL_TAGS = {0x01: "user", 0x02: "user", 0x04: "group", 0x08: "group", 0x10: "mask", 0x20: "other"}
+ACL_TAG_OF = {("user", False): 0x01, ("user", True): 0x02, ("group", False): 0x04, ("group", True): 0x08,
+              ("mask", False): 0x10, ("other", False): 0x20}
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+
+
+def acl_to_text(blob: bytes) -> str:
+    """The kernel's binary POSIX ACL (an xattr value) as the text GNU tar and bsdtar store, ids numeric."""
+    if len(blob) < 4 or (len(blob) - 4) % 8 or struct.unpack_from("<I", blob)[0] != 2:
+        raise ValueError("not a version 2 POSIX ACL")
+    entries = []
+    for offset in range(4, len(blob), 8):
+        tag, perm, qualifier = struct.unpack_from("<HHI", blob, offset)
+        if tag not in ACL_TAGS:
+            raise ValueError(f"unknown ACL tag {tag:#x}")
+        perms = ("r" if perm & 4 else "-") + ("w" if perm & 2 else "-") + ("x" if perm & 1 else "-")
+        who = str(qualifier) if tag in (0x02, 0x08) else ""
+        entries.append(f"{ACL_TAGS[tag]}:{who}:{perms}")
+    return ",".join(entries)
+
+
+def acl_from_text(text: str) -> bytes:
+    """Text ACL entries (``user:1000:r-x``, commas or newlines, star's trailing id allowed) as the binary xattr."""
+    entries = []
+    for raw in text.replace("\n", ",").split(","):
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        fields = entry.split(":")
+        if len(fields) not in (3, 4):
+            raise ValueError(f"ACL entry {entry!r} is not tag:qualifier:perms")
+        tag = {"u": "user", "g": "group", "m": "mask", "o": "other"}.get(fields[0], fields[0])
+        qualifier, perms = fields[1], fields[2]
+        key = (tag, bool(qualifier))
+        if key not in ACL_TAG_OF:
+            raise ValueError(f"ACL entry {entry!r} has an unknown tag")
+        ident = ACL_UNDEFINED_ID
+        if qualifier:
+            if len(fields) == 4 and fields[3].isdigit():
+                ident = int(fields[3])
+            elif qualifier.isdigit():
+                ident = int(qualifier)
+            else:
+                ident = (pwd.getpwnam(qualifier).pw_uid if tag == "user" else grp.getgrnam(qualifier).gr_gid)
+        bits = (4 if "r" in perms else 0) | (2 if "w" in perms else 0) | (1 if "x" in perms else 0)
+        entries.append((ACL_TAG_OF[key], ident, bits))
+    entries.sort(key=lambda e: (e[0], e[1]))  # the kernel wants them by tag, then by id
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, bits, ident) for tag, ident, bits in entries)
+
+
+def read_xattrs(path: t.Any) -> dict[str, bytes]:
+    """Every extended attribute of ``path`` (a path, not followed, or an open fd); none when unsupported."""
+    follow = {} if isinstance(path, int) else {"follow_symlinks": False}
+    try:
+        names = os.listxattr(path, **follow)
+    except OSError:
+        return {}
+    values = {}
+    for name in names:
+        try:
+            values[name] = os.getxattr(path, name, **follow)
+        except OSError:  # removed meanwhile, or not readable: not captured
+            continue
+    return values
+
+
+def xattr_records(xattrs: dict[str, bytes]) -> dict[str, str]:
+    """Extended attributes as pax records: ACLs as SCHILY.acl text, the rest as SCHILY.xattr (bytes kept exactly)."""
+    records = {}
+    for name in sorted(xattrs):
+        value = xattrs[name]
+        if name in PAX_ACL:
+            try:
+                records[PAX_ACL[name]] = acl_to_text(value)
+                continue
+            except ValueError:
+                pass  # not a form we know: kept as raw bytes
+        records[PAX_XATTR + name] = value.decode(ENCODING, ERRORS)
+    return records
+
+
+def record_xattrs(records: t.Mapping[str, str]) -> dict[str, bytes]:
+    """Pax records back to extended attribute names and values (ACL text to the kernel's binary form)."""
+    xattrs = {}
+    for key, value in records.items():
+        if key.startswith(PAX_XATTR):
+            xattrs[key[len(PAX_XATTR):]] = value.encode(ENCODING, ERRORS)
+        elif key == PAX_ACL[ACL_ACCESS]:
+            xattrs[ACL_ACCESS] = acl_from_text(value)
+        elif key == PAX_ACL[ACL_DEFAULT]:
+            xattrs[ACL_DEFAULT] = acl_from_text(value)
+    return xattrs
+
+
+def xattrs_digest(records: t.Mapping[str, str]) -> str | None:
+    """One value for a member's xattrs and ACLs (the manifest compares it); None when it has none."""
+    keys = sorted(k for k in records if k.startswith(PAX_XATTR) or k in PAX_ACL.values())
+    if not keys:
+        return None
+    hasher = hashlib.sha256()
+    for key in keys:
+        hasher.update(key.encode(ENCODING, ERRORS) + b"\0" + records[key].encode(ENCODING, ERRORS) + b"\0")
+    return _digest(hasher)
+
+
+# --------------------------------------------------------------------------- walking a tree by directory fds
+
+
+class Node(t.NamedTuple):
+    """One entry of a tree: its relative path, its name in the directory open as ``dir_fd``, its lstat."""
+
+    rel: str
+    name: str
+    dir_fd: int | None  # None for the root itself, reached by ``name`` (its path)
+    st: os.stat_result
+
+
+def at(node: Node) -> str:
+    """A short path that reaches ``node`` whatever its full length (for calls that take no dir_fd)."""
+    if node.dir_fd is None:
+        return node.name
+    return f"/proc/self/fd/{node.dir_fd}/{node.name}"
+
+
+def walk(root: str) -> t.Iterator[Node]:
+    """Every entry under ``root`` (the root first, as "."), depth first, names sorted, never following a link.
+
+    Directories are opened relative to their parent, so no path ever reaches the kernel longer than
+    one name; a node's ``dir_fd`` stays open until the walk moves past it.
+    """
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ArchiveError(f"{root} is not a directory that can be read: {exc.strerror}") from exc
+    stack: list[tuple[int, str, list[t.Any]]] = []
+    try:
+        yield Node(".", root, None, os.fstat(root_fd))
+        stack.append((root_fd, "", _sorted_entries(root_fd, root)))
+        while stack:
+            fd, prefix, entries = stack[-1]
+            if not entries:
+                os.close(fd)
+                stack.pop()
+                continue
+            entry = entries.pop()
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed while walking
+                continue
+            rel = prefix + entry.name
+            yield Node(rel, entry.name, fd, st)
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise ArchiveError(f"cannot open {os.path.join(root, rel)}: {exc.strerror}") from exc
+                stack.append((child, rel + "/", _sorted_entries(child, os.path.join(root, rel))))
+    finally:
+        for fd, _prefix, _entries in stack:
+            os.close(fd)
+
+
+def _sorted_entries(fd: int, shown: str) -> list[t.Any]:
+    try:
+        with os.scandir(fd) as entries:
+            return sorted(entries, key=lambda e: e.name, reverse=True)  # popped from the end: smallest first
+    except OSError as exc:
+        raise ArchiveError(f"cannot list {shown}: {exc.strerror}") from exc
+
+
+def _open_for_reading(node: Node, shown: str) -> int:
+    try:
+        if node.dir_fd is None:
+            return os.open(node.name, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=node.dir_fd)
+    except OSError as exc:
+        raise ArchiveError(f"cannot read {shown}: {exc.strerror}") from exc
 
 
 # --------------------------------------------------------------------------- rules
@@ -68,7 +289,8 @@ def normalize_member_name(name: str) -> str:
 
 
 def link_target_inside(member_name: str, target: str) -> bool:
-    """Whether a symlink at ``member_name`` pointing to ``target`` stays inside the root."""
+    """Whether a symlink at ``member_name`` pointing to ``target`` resolves inside the root (informative only:
+    links are stored and restored verbatim and never followed)."""
     if not target or target.startswith("/"):
         return False
     base = posixpath.dirname(member_name) if member_name != "." else ""
@@ -90,6 +312,7 @@ def check_member(member: tarfile.TarInfo, symlinks: set[str], regular: set[str])
 
     ``symlinks`` and ``regular`` are the names seen so far in the archive: no member may
     be written through a symlink, and a hard link must point to a file already extracted.
+    A symlink's own target is not a rule: it is written as it is and never followed.
     """
     name = normalize_member_name(member.name)
     parts = name.split("/")
@@ -100,9 +323,6 @@ def check_member(member: tarfile.TarInfo, symlinks: set[str], regular: set[str])
         raise UnsafeMember(f"member {name!r} is a device file")
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk() or member.isfifo()):
         raise UnsafeMember(f"member {name!r} has an unsupported type {member.type!r}")
-    if member.issym():
-        if not link_target_inside(name, member.linkname):
-            raise UnsafeMember(f"symlink {name!r} points outside the target ({member.linkname!r})")
     if member.islnk():
         target = normalize_member_name(member.linkname)
         if target not in regular:
@@ -162,78 +382,74 @@ class TreeWriter:
             self._emit(self.zeros[:BLOCK - remainder])
 
     def write_tree(self, root: str) -> dict[str, dict[str, t.Any]]:
-        if not os.path.isdir(root):
-            raise ArchiveError(f"{root} is not a directory")
+        self.root = root
         hardlinks: dict[tuple[int, int], str] = {}
-        self._entry(root, ".", os.lstat(root), hardlinks)
-        stack = [(root, "")]
-        while stack:
-            directory, prefix = stack.pop()
-            try:
-                entries = sorted(os.scandir(directory), key=lambda e: e.name)
-            except OSError as exc:
-                raise ArchiveError(f"cannot list {directory}: {exc.strerror}") from exc
-            subdirs = []
-            for entry in entries:
-                relpath = prefix + entry.name
-                st = entry.stat(follow_symlinks=False)
-                self._entry(entry.path, relpath, st, hardlinks)
-                if stat.S_ISDIR(st.st_mode):
-                    subdirs.append((entry.path, relpath + "/"))
-            stack.extend(reversed(subdirs))
+        for node in walk(root):
+            self._entry(node, hardlinks)
         self._emit(bytes(2 * BLOCK))
         return self.files
 
-    def _entry(self, path: str, relpath: str, st: os.stat_result, hardlinks: dict[tuple[int, int], str]) -> None:
+    def _entry(self, node: Node, hardlinks: dict[tuple[int, int], str]) -> None:
+        st, relpath = node.st, node.rel
         info = tarfile.TarInfo(relpath)
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
         info.uname = info.gname = ""
-        info.mtime = int(st.st_mtime)
-        record: dict[str, t.Any] = {"mode": mode_string(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+        info.mtime = st.st_mtime_ns // NS
+        record: dict[str, t.Any] = {"mode": mode_string(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+                                    "mtime": st.st_mtime_ns}
+        records: dict[str, str] = {}
+        if st.st_mtime_ns % NS:
+            records["mtime"] = pax_mtime(st.st_mtime_ns)
         fmt = stat.S_IFMT(st.st_mode)
+        if fmt == stat.S_IFREG and st.st_nlink > 1 and (st.st_dev, st.st_ino) in hardlinks:
+            info.type = tarfile.LNKTYPE  # the inode's metadata travels with its first name
+            info.linkname = hardlinks[(st.st_dev, st.st_ino)]
+            record = {"mode": record["mode"], "uid": st.st_uid, "gid": st.st_gid, "type": TYPE_HARDLINK,
+                      "link": info.linkname}
+            info.pax_headers = records
+            self._header(info)
+            self.files[relpath] = record
+            return
+        if fmt not in (stat.S_IFDIR, stat.S_IFLNK, stat.S_IFREG, stat.S_IFIFO):
+            self.skipped.append({"path": relpath, "reason": "sockets and device files are not captured"})
+            return
+        xattrs = xattr_records(read_xattrs(at(node)))
+        if xattrs:
+            records.update(xattrs)
+            record["xattrs"] = xattrs_digest(xattrs)
+        info.pax_headers = records
         if fmt == stat.S_IFDIR:
             info.type = tarfile.DIRTYPE
             record["type"] = TYPE_DIR
             self._header(info)
         elif fmt == stat.S_IFLNK:
-            target = os.readlink(path)
-            if not link_target_inside(relpath, target):
-                raise ArchiveError(
-                    f"symlink {path} points outside the captured directory ({target!r}); a restore would refuse it, "
-                    "so make it relative and inside, or exclude this source"
-                )
+            try:
+                target = os.readlink(node.name, dir_fd=node.dir_fd)
+            except OSError as exc:
+                raise ArchiveError(f"cannot read the symlink {self._shown(relpath)}: {exc.strerror}") from exc
             info.type = tarfile.SYMTYPE
             info.linkname = target
             record.update(type=TYPE_SYMLINK, link=target)
             self._header(info)
         elif fmt == stat.S_IFREG:
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in hardlinks:
-                info.type = tarfile.LNKTYPE
-                info.linkname = hardlinks[key]
-                record.update(type=TYPE_HARDLINK, link=hardlinks[key])
-                self._header(info)
-            else:
-                if st.st_nlink > 1:
-                    hardlinks[key] = relpath
-                record.update(type=TYPE_FILE)
-                self._file(path, relpath, st, info, record)
-        elif fmt == stat.S_IFIFO:
+            if st.st_nlink > 1:
+                hardlinks[(st.st_dev, st.st_ino)] = relpath
+            record.update(type=TYPE_FILE)
+            self._file(node, info, record)
+        else:
             info.type = tarfile.FIFOTYPE
             record["type"] = TYPE_FIFO
             self._header(info)
-        else:
-            self.skipped.append({"path": relpath, "reason": "sockets and device files are not captured"})
-            return
         self.files[relpath] = record
 
-    def _file(self, path: str, relpath: str, st: os.stat_result, info: tarfile.TarInfo, record: dict[str, t.Any]) -> None:
+    def _shown(self, relpath: str) -> str:
+        return os.path.join(self.root, relpath)
+
+    def _file(self, node: Node, info: tarfile.TarInfo, record: dict[str, t.Any]) -> None:
+        st, relpath = node.st, node.rel
         size = st.st_size
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError as exc:
-            raise ArchiveError(f"cannot read {path}: {exc.strerror}") from exc
+        fd = _open_for_reading(node, self._shown(relpath))
         try:
             segments = None
             if size > BLOCK and st.st_blocks * 512 < size:
@@ -246,7 +462,7 @@ class TreeWriter:
                 info.type = tarfile.REGTYPE
                 info.size = size
                 self._header(info)
-                self._copy(fd, path, size, hasher)
+                self._copy(fd, relpath, size, hasher)
                 self._pad(size)
         finally:
             os.close(fd)
@@ -254,13 +470,13 @@ class TreeWriter:
         record["sha256"] = _digest(hasher)
         self.raw_bytes += size
 
-    def _copy(self, fd: int, path: str, size: int, hasher: t.Any) -> None:
+    def _copy(self, fd: int, relpath: str, size: int, hasher: t.Any) -> None:
         remaining = size
         view, out = self.view, self.out
         while remaining > 0:
             count = os.readv(fd, [view[:min(remaining, len(view))]])
             if count == 0:  # the file shrank while being read: keep the stream well-formed
-                self.skipped.append({"path": path, "reason": "file shrank while being read; padded with zeros"})
+                self.skipped.append({"path": relpath, "reason": "file shrank while being read; padded with zeros"})
                 while remaining > 0:
                     piece = self.zeros[:min(remaining, len(self.zeros))]
                     hasher.update(piece)
@@ -275,14 +491,17 @@ class TreeWriter:
 
     def _sparse(self, fd: int, relpath: str, size: int, segments: list[tuple[int, int]],
                 info: tarfile.TarInfo, hasher: t.Any) -> None:
-        sparse_map = ("%d\n" % len(segments) + "".join("%d\n%d\n" % seg for seg in segments)).encode()
+        mapped = list(segments)
+        if not mapped or mapped[-1][0] + mapped[-1][1] < size:
+            mapped.append((size, 0))  # a file that ends in a hole: GNU tar sizes the file by its last map entry
+        sparse_map = ("%d\n" % len(mapped) + "".join("%d\n%d\n" % seg for seg in mapped)).encode()
         sparse_map += bytes(-len(sparse_map) % BLOCK)
         data_size = sum(length for _offset, length in segments)
         info.name = SPARSE_PLACEHOLDER
         info.type = tarfile.REGTYPE
         info.size = len(sparse_map) + data_size
-        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
-                            "GNU.sparse.name": relpath, "GNU.sparse.realsize": str(size)}
+        info.pax_headers = dict(info.pax_headers, **{"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                                      "GNU.sparse.name": relpath, "GNU.sparse.realsize": str(size)})
         self._header(info)
         self._emit(sparse_map)
         position = 0
@@ -310,13 +529,9 @@ def write_tree(root: str, out: t.Any) -> TreeWriter:
 def tree_size(root: str) -> int:
     """Bytes the files under ``root`` occupy (a free-space estimate)."""
     total = 0
-    for directory, _dirs, names in os.walk(root):
-        for name in names:
-            try:
-                st = os.lstat(os.path.join(directory, name))
-            except OSError:
-                continue
-            total += min(st.st_size, st.st_blocks * 512) if stat.S_ISREG(st.st_mode) else 0
+    for node in walk(root):
+        if stat.S_ISREG(node.st.st_mode):
+            total += min(node.st.st_size, node.st.st_blocks * 512)
     return total
 
 
@@ -352,12 +567,17 @@ def _open_stream(stream: t.Any) -> tarfile.TarFile:
 
 def describe_member(member: tarfile.TarInfo, name: str) -> dict[str, t.Any]:
     record: dict[str, t.Any] = {"mode": mode_string(member.mode), "uid": member.uid, "gid": member.gid}
+    if member.islnk():
+        record.update(type=TYPE_HARDLINK, link=normalize_member_name(member.linkname))
+        return record
+    record["mtime"] = member_mtime_ns(member)
+    digest = xattrs_digest(member.pax_headers)
+    if digest:
+        record["xattrs"] = digest
     if member.isdir():
         record["type"] = TYPE_DIR
     elif member.issym():
         record.update(type=TYPE_SYMLINK, link=member.linkname)
-    elif member.islnk():
-        record.update(type=TYPE_HARDLINK, link=normalize_member_name(member.linkname))
     elif member.isfifo():
         record["type"] = TYPE_FIFO
     elif member.isreg():
@@ -370,14 +590,18 @@ def describe_member(member: tarfile.TarInfo, name: str) -> dict[str, t.Any]:
 
 
 COMPARED_KEYS = ("type", "mode", "uid", "gid", "size", "sha256", "link")
+# recorded since sets kept mtimes and xattrs: compared whenever the manifest has mtimes
+NEWER_KEYS = ("mtime", "xattrs")
 
 
-def compare_record(name: str, expected: dict[str, t.Any] | None, found: dict[str, t.Any]) -> list[str]:
+def compare_record(name: str, expected: dict[str, t.Any] | None, found: dict[str, t.Any],
+                   ignore: t.Container[str] = ()) -> list[str]:
     if expected is None:
         return [f"{name!r}: not in the manifest"]
+    keys = COMPARED_KEYS + (NEWER_KEYS if "mtime" in expected else ())
     problems = []
-    for key in COMPARED_KEYS:
-        if expected.get(key) != found.get(key):
+    for key in keys:
+        if key not in ignore and expected.get(key) != found.get(key):
             problems.append(f"{name!r}: {key} is {found.get(key)!r}, manifest says {expected.get(key)!r}")
     return problems
 
@@ -386,6 +610,8 @@ def verify_stream(stream: t.Any, files: dict[str, dict[str, t.Any]], limit: int 
     """Read a tar stream and compare every member (and every file's sha256) with ``files``."""
     problems: list[str] = []
     seen: set[str] = set()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
     try:
         with _open_stream(stream) as archive:
             for member in archive:
@@ -396,8 +622,11 @@ def verify_stream(stream: t.Any, files: dict[str, dict[str, t.Any]], limit: int 
                     source = archive.extractfile(member)
                     hasher = hashlib.sha256()
                     if source is not None:
-                        for block in iter(lambda: source.read(CHUNK), b""):
-                            hasher.update(block)
+                        while True:
+                            count = source.readinto(buffer)
+                            if not count:
+                                break
+                            hasher.update(view[:count])
                     found["sha256"] = _digest(hasher)
                 problems.extend(compare_record(name, files.get(name), found))
                 if len(problems) >= limit:
@@ -431,93 +660,285 @@ def check_stream(stream: t.Any) -> int:
     return count
 
 
-def extract_stream(stream: t.Any, dest: str) -> int:
+class Extracted(t.NamedTuple):
+    """What an extraction wrote: the member count, and what the target filesystem could not hold."""
+
+    count: int
+    not_restored: list[dict[str, str]]  # {path, what, reason}, at most NOT_RESTORED_LIMIT of them
+    not_restored_total: int
+
+
+NOT_RESTORED_LIMIT = 20
+
+
+class _Extractor:
+    """Writes members under a directory through directory fds: nothing is followed, nothing escapes."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.chain: list[tuple[str, int]] = []  # the open directories of the last member's parent
+        self.directories: list[tuple[str, tarfile.TarInfo]] = []
+        self.not_restored: list[dict[str, str]] = []
+        self.not_restored_total = 0
+
+    def close(self) -> None:
+        for _name, fd in self.chain:
+            os.close(fd)
+        self.chain = []
+        os.close(self.dest_fd)
+
+    def _note(self, name: str, what: str, exc: OSError) -> None:
+        self.not_restored_total += 1
+        if len(self.not_restored) < NOT_RESTORED_LIMIT:
+            self.not_restored.append({"path": name, "what": what, "reason": exc.strerror or str(exc)})
+
+    def _open_child(self, fd: int, part: str, create: bool) -> int:
+        try:
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o700, dir_fd=fd)
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeMember(f"{part!r} in the target is not a directory; nothing is written through a link") from exc
+            raise
+
+    def parent(self, parts: list[str]) -> int:
+        """The fd of the directory ``parts`` (relative to the target), reusing what the last member opened."""
+        keep = 0
+        while keep < len(self.chain) and keep < len(parts) and self.chain[keep][0] == parts[keep]:
+            keep += 1
+        for _name, fd in self.chain[keep:]:
+            os.close(fd)
+        del self.chain[keep:]
+        fd = self.chain[-1][1] if self.chain else self.dest_fd
+        for part in parts[keep:]:
+            fd = self._open_child(fd, part, create=True)
+            self.chain.append((part, fd))
+        return fd
+
+    def open_directory(self, parts: list[str]) -> int:
+        """A new fd of an existing directory (the caller closes it); the chain is left alone."""
+        fd = os.dup(self.dest_fd)
+        for part in parts:
+            child = self._open_child(fd, part, create=False)
+            os.close(fd)
+            fd = child
+        return fd
+
+    def member(self, archive: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+        if name == ".":
+            self.directories.append((name, member))
+            return
+        parts = name.split("/")
+        fd = self.parent(parts[:-1])
+        leaf = parts[-1]
+        if member.isdir():
+            try:
+                os.mkdir(leaf, 0o700, dir_fd=fd)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(leaf, dir_fd=fd).st_mode):
+                    os.unlink(leaf, dir_fd=fd)
+                    os.mkdir(leaf, 0o700, dir_fd=fd)
+            self.directories.append((name, member))
+            return
+        self._clear(fd, leaf)
+        if member.isreg():
+            self._file(archive, member, fd, leaf, name)
+        elif member.issym():
+            os.symlink(member.linkname, leaf, dir_fd=fd)
+            self._attributes(member, name, path=(fd, leaf), symlink=True)
+        elif member.islnk():
+            target = normalize_member_name(member.linkname).split("/")
+            source = self.open_directory(target[:-1])
+            try:
+                os.link(target[-1], leaf, src_dir_fd=source, dst_dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(source)
+        elif member.isfifo():
+            os.mkfifo(leaf, 0o600, dir_fd=fd)
+            self._attributes(member, name, path=(fd, leaf))
+
+    @staticmethod
+    def _clear(fd: int, leaf: str) -> None:
+        try:
+            st = os.lstat(leaf, dir_fd=fd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            remove_at(fd, leaf)
+        else:
+            os.unlink(leaf, dir_fd=fd)
+
+    def _file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, parent: int, leaf: str, name: str) -> None:
+        fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            # the member's data is read straight from the stream: in the sparse layout it holds the
+            # data segments one after another, written back at their offsets so holes stay holes
+            stream = archive.fileobj
+            stream.seek(member.offset_data)
+            if member.sparse is not None:
+                for offset, length in member.sparse:
+                    if length:
+                        os.lseek(fd, offset, os.SEEK_SET)
+                        _copy_into(stream, fd, length)
+                os.ftruncate(fd, member.size)
+            else:
+                _copy_into(stream, fd, member.size)
+            self._attributes(member, name, fd=fd)
+        finally:
+            os.close(fd)
+
+    def _attributes(self, member: tarfile.TarInfo, name: str, fd: int | None = None,
+                    path: tuple[int, str] | None = None, symlink: bool = False) -> None:
+        """Owner, then xattrs and ACLs (a chown would clear file capabilities), then mode, then times."""
+        try:
+            if fd is not None:
+                os.fchown(fd, member.uid, member.gid)
+            else:
+                os.chown(path[1], member.uid, member.gid, dir_fd=path[0], follow_symlinks=False)
+        except OSError as exc:
+            self._note(name, "owner", exc)
+        try:
+            xattrs = record_xattrs(member.pax_headers)
+        except (ValueError, KeyError) as exc:
+            self.not_restored_total += 1
+            self.not_restored.append({"path": name, "what": "acl", "reason": str(exc)})
+            xattrs = {}
+        for key, value in xattrs.items():
+            try:
+                if fd is not None:
+                    os.setxattr(fd, key, value)
+                else:
+                    os.setxattr(f"/proc/self/fd/{path[0]}/{path[1]}", key, value, follow_symlinks=False)
+            except OSError as exc:
+                self._note(name, "acl" if key in PAX_ACL else f"xattr {key}", exc)
+        mtime = member_mtime_ns(member)
+        if fd is not None:
+            os.fchmod(fd, member.mode)
+            os.utime(fd, ns=(mtime, mtime))
+            return
+        if not symlink:
+            os.chmod(path[1], member.mode, dir_fd=path[0])
+        try:
+            os.utime(path[1], ns=(mtime, mtime), dir_fd=path[0], follow_symlinks=False)
+        except OSError as exc:
+            self._note(name, "mtime", exc)
+
+    def finish(self) -> None:
+        """Directories last, deepest first: their modes may forbid writing, their times change as members land."""
+        for _name, fd in self.chain:
+            os.close(fd)
+        self.chain = []
+        for name, member in reversed(self.directories):
+            fd = os.dup(self.dest_fd) if name == "." else self.open_directory(name.split("/"))
+            try:
+                self._attributes(member, name, fd=fd)
+            finally:
+                os.close(fd)
+
+
+def _copy_into(stream: t.Any, fd: int, size: int) -> None:
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(min(remaining, CHUNK))
+        if not chunk:
+            raise ArchiveError("the archive ends inside a file")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+        remaining -= len(chunk)
+
+
+def extract_stream(stream: t.Any, dest: str) -> Extracted:
     """Extract a tar stream into ``dest`` (which should be empty) under the safety rules.
 
     Every member is checked before anything is written: relative names without '..',
-    no writing through symlinks, symlinks and hard links that stay inside, no device
-    files. Owners are restored numerically; directory modes and times are set last.
+    no writing through symlinks, hard links to files extracted before, no device files.
+    Symlinks are written verbatim and never followed. Owners are restored numerically,
+    with xattrs, ACLs, file capabilities, modes and nanosecond mtimes (symlinks' too);
+    what the target filesystem refuses is listed in the result, not dropped silently.
     """
-    dest_real = os.path.realpath(dest)
+    extractor = _Extractor(dest)
     symlinks: set[str] = set()
     regular: set[str] = set()
-    directories: list[tuple[tarfile.TarInfo, str]] = []
     count = 0
-    extra: dict[str, t.Any] = {}
-    if hasattr(tarfile, "fully_trusted_filter"):
-        extra["filter"] = "fully_trusted"  # our own checks above are stricter where it matters
     try:
         with _open_stream(stream) as archive:
             for member in archive:
                 name = check_member(member, symlinks, regular)
-                target = os.path.join(dest_real, name) if name != "." else dest_real
-                parent = os.path.realpath(os.path.dirname(target)) if name != "." else dest_real
-                if parent != dest_real and not parent.startswith(dest_real + os.sep):
-                    raise UnsafeMember(f"member {name!r} would be written outside {dest}")
-                member.name = name
                 if member.islnk():
                     member.linkname = normalize_member_name(member.linkname)
-                if member.isdir():
-                    os.makedirs(target, exist_ok=True)
-                    directories.append((member, target))
-                else:
-                    if os.path.lexists(target) and not os.path.isdir(target):
-                        os.unlink(target)
-                    archive.extract(member, dest_real, set_attrs=True, numeric_owner=True, **extra)
+                extractor.member(archive, member, name)
                 if member.issym():
                     symlinks.add(name)
                 elif member.isreg():
                     regular.add(name)
                 count += 1
-            for member, target in reversed(directories):
-                archive.chown(member, target, True)
-                archive.chmod(member, target)
-                archive.utime(member, target)
+            extractor.finish()
     except UnsafeMember:
         raise
     except (tarfile.TarError, EOFError) as exc:
         raise ArchiveError(f"the archive cannot be read: {exc}") from exc
-    return count
+    finally:
+        extractor.close()
+    return Extracted(count, extractor.not_restored, extractor.not_restored_total)
+
+
+def not_restored_sentence(extracted: Extracted) -> str:
+    """What an extraction could not put back, as one sentence for the operator ('' when everything was)."""
+    if not extracted.not_restored_total:
+        return ""
+    kinds = sorted({entry["what"] for entry in extracted.not_restored})
+    examples = ", ".join(f"{e['path']} ({e['what']}: {e['reason']})" for e in extracted.not_restored[:3])
+    return (f"{extracted.not_restored_total} attribute(s) the target filesystem did not accept "
+            f"({', '.join(kinds)}), e.g. {examples}")
 
 
 def scan_tree(root: str) -> dict[str, dict[str, t.Any]]:
-    """A ``files`` map of a directory on disk (used to compare a test restore with the manifest)."""
+    """A ``files`` map of a directory on disk (used to compare a restore with the manifest)."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     files: dict[str, dict[str, t.Any]] = {}
     inodes: dict[tuple[int, int], str] = {}
-    pending = [(root, ".")]
-    while pending:
-        path, relpath = pending.pop()
-        st = os.lstat(path)
+    for node in walk(root):
+        st = node.st
         record: dict[str, t.Any] = {"mode": mode_string(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
         fmt = stat.S_IFMT(st.st_mode)
+        key = (st.st_dev, st.st_ino)
+        if fmt == stat.S_IFREG and st.st_nlink > 1 and key in inodes:
+            record.update(type=TYPE_HARDLINK, link=inodes[key])
+            files[node.rel] = record
+            continue
+        record["mtime"] = st.st_mtime_ns
+        digest = xattrs_digest(xattr_records(read_xattrs(at(node))))
+        if digest:
+            record["xattrs"] = digest
         if fmt == stat.S_IFDIR:
             record["type"] = TYPE_DIR
-            for entry in sorted(os.listdir(path), reverse=True):
-                pending.append((os.path.join(path, entry), entry if relpath == "." else relpath + "/" + entry))
         elif fmt == stat.S_IFLNK:
-            record.update(type=TYPE_SYMLINK, link=os.readlink(path))
+            record.update(type=TYPE_SYMLINK, link=os.readlink(node.name, dir_fd=node.dir_fd))
         elif fmt == stat.S_IFREG:
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in inodes:
-                record.update(type=TYPE_HARDLINK, link=inodes[key])
-            else:
-                if st.st_nlink > 1:
-                    inodes[key] = relpath
-                hasher = hashlib.sha256()
-                with open(path, "rb", buffering=0) as handle:
-                    while True:
-                        count = handle.readinto(buffer)
-                        if not count:
-                            break
-                        hasher.update(view[:count])
-                record.update(type=TYPE_FILE, size=st.st_size, sha256=_digest(hasher))
+            if st.st_nlink > 1:
+                inodes[key] = node.rel
+            hasher = hashlib.sha256()
+            fd = _open_for_reading(node, os.path.join(root, node.rel))
+            try:
+                while True:
+                    count = os.readv(fd, [view])
+                    if not count:
+                        break
+                    hasher.update(view[:count])
+            finally:
+                os.close(fd)
+            record.update(type=TYPE_FILE, size=st.st_size, sha256=_digest(hasher))
         elif fmt == stat.S_IFIFO:
             record["type"] = TYPE_FIFO
         else:
             record["type"] = "other"
-        files[relpath] = record
+        files[node.rel] = record
     return files
 
 
@@ -527,52 +948,88 @@ def changes_since(expected: dict[str, dict[str, t.Any]], root: str, since: float
     added: list[str] = []
     changed: list[str] = []
     seen = set()
-    for directory, dirs, names in os.walk(root):
-        for name in dirs + names:
-            full = os.path.join(directory, name)
-            rel = os.path.relpath(full, root)
-            seen.add(rel)
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            record = expected.get(rel)
-            if record is None:
-                added.append(rel)
-            elif stat.S_ISREG(st.st_mode):
-                resized = record.get("type") == TYPE_FILE and record.get("size") != st.st_size
-                if resized or st.st_mtime > since:
-                    changed.append(rel)
+    for node in walk(root):
+        if node.rel == ".":
+            continue
+        seen.add(node.rel)
+        record = expected.get(node.rel)
+        if record is None:
+            added.append(node.rel)
+        elif stat.S_ISREG(node.st.st_mode):
+            resized = record.get("type") == TYPE_FILE and record.get("size") != node.st.st_size
+            if resized or node.st.st_mtime > since:
+                changed.append(node.rel)
     removed = [rel for rel in expected if rel != "." and rel not in seen]
     return {"added": len(added), "changed": len(changed), "removed": len(removed),
             "examples": sorted(added + changed + removed)[:limit]}
 
 
-def compare_trees(expected: dict[str, dict[str, t.Any]], found: dict[str, dict[str, t.Any]], limit: int = 20) -> list[str]:
+def tree_fingerprint(root: str) -> str:
+    """A value that changes whenever anything under ``root`` does (names, types, modes, owners, sizes, mtimes)."""
+    digest = hashlib.sha256()
+    for node in walk(root):
+        if node.rel == ".":
+            continue
+        st = node.st
+        line = "%s\0%o\0%d\0%d\0%d\0%d\n" % (node.rel, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+        digest.update(line.encode(ENCODING, ERRORS))
+    return _digest(digest)
+
+
+def compare_trees(expected: dict[str, dict[str, t.Any]], found: dict[str, dict[str, t.Any]], limit: int = 20,
+                  not_restored: t.Iterable[dict[str, str]] = ()) -> list[str]:
+    """Differences between a manifest's ``files`` and a tree on disk; attributes an extraction reported as
+    not restored (``not_restored``) are not differences again."""
+    skipped: dict[str, set[str]] = {}
+    for entry in not_restored:
+        what = entry["what"]
+        skipped.setdefault(entry["path"], set()).update(
+            {"uid", "gid"} if what == "owner" else {"xattrs"} if what == "acl" or what.startswith("xattr") else {what})
     problems: list[str] = []
     for name in sorted(set(expected) | set(found)):
         if name not in found:
             problems.append(f"{name!r}: in the manifest but missing after extraction")
         else:
-            problems.extend(compare_record(name, expected.get(name), found[name]))
+            problems.extend(compare_record(name, expected.get(name), found[name], skipped.get(name, ())))
         if len(problems) >= limit:
             break
     return problems
 
 
+def remove_at(parent_fd: int, name: str) -> None:
+    """Remove ``name`` in the directory open as ``parent_fd``, a whole tree if it is one, without following
+    symlinks, at any depth and path length (iterative, by directory fds)."""
+    if not stat.S_ISDIR(os.lstat(name, dir_fd=parent_fd).st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    stack = [(parent_fd, name, os.open(name, DIR_FLAGS, dir_fd=parent_fd))]
+    try:
+        while stack:
+            parent, own, fd = stack[-1]
+            with os.scandir(fd) as entries:
+                listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+            for child, is_dir in listed:
+                if not is_dir:
+                    os.unlink(child, dir_fd=fd)
+            subdir = next((child for child, is_dir in listed if is_dir), None)
+            if subdir is None:
+                os.close(fd)
+                stack.pop()
+                os.rmdir(own, dir_fd=parent)
+            else:
+                stack.append((fd, subdir, os.open(subdir, DIR_FLAGS, dir_fd=fd)))
+    finally:
+        for _parent, _own, fd in stack:
+            os.close(fd)
+
+
 def empty_directory(path: str) -> None:
-    """Remove everything inside ``path`` (not ``path`` itself), without following symlinks."""
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            _rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-
-
-def _rmtree(path: str) -> None:
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            _rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-    os.rmdir(path)
+    """Remove everything inside ``path`` (not ``path`` itself), without following symlinks, at any depth."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with os.scandir(fd) as entries:
+            names = [entry.name for entry in entries]
+        for name in names:
+            remove_at(fd, name)
+    finally:
+        os.close(fd)

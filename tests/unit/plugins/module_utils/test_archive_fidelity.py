@@ -1,0 +1,88 @@
+"""Archives keep everything a hostile tree carries, and stock GNU tar and bsdtar extract them exactly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+import fidelity  # noqa: E402  (tests/fidelity.py: shared with the integration test)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setfacl") or not shutil.which("setcap"),
+                                reason="owners, capabilities and ACLs need root, setfacl and setcap")
+
+# how each stock tool is told to restore everything (the restore runbook gives the same lines)
+TOOLS = {
+    "gnu tar": ["tar", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner", "-xpf"],
+    "bsdtar": ["bsdtar", "--xattrs", "--acls", "--fflags", "--numeric-owner", "-xpf"],
+}
+
+
+def _archived(tmp_path_factory, long_path):
+    work = tmp_path_factory.mktemp("fidelity")
+    src = work / "src"
+    src.mkdir()
+    fidelity.build(str(src), long_path=long_path)
+    expected = fidelity.snapshot(str(src))
+    archive = work / "tree.tar"
+    with open(archive, "wb") as handle:
+        writer = _archive.write_tree(str(src), handle)
+    return work, expected, archive, writer.files
+
+
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory):
+    return _archived(tmp_path_factory, long_path=True)
+
+
+@pytest.fixture(scope="module")
+def archived_for_tools(tmp_path_factory):
+    return _archived(tmp_path_factory, long_path=False)  # the stock tools stop at PATH_MAX
+
+
+def test_every_case_round_trips_through_our_archive(archived):
+    work, expected, archive, files = archived
+    assert files[fidelity.long_path("").decode()]["size"] == 34
+    assert files["current"]["link"] == "/data/releases/3"
+    with open(archive, "rb") as handle:
+        assert _archive.verify_stream(handle, files) == []
+    dest = work / "ours"
+    dest.mkdir()
+    with open(archive, "rb") as handle:
+        result = _archive.extract_stream(handle, str(dest))
+    assert result.not_restored == []
+    assert fidelity.differences(expected, fidelity.snapshot(str(dest)))[:10] == []
+    assert _archive.compare_trees(files, _archive.scan_tree(str(dest))) == []
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_stock_tools_extract_the_same_archive_exactly(archived_for_tools, tool):
+    work, expected, archive, _files = archived_for_tools
+    if not shutil.which(TOOLS[tool][0]):
+        pytest.skip(f"{TOOLS[tool][0]} is not installed")
+    dest = work / tool.replace(" ", "-")
+    dest.mkdir()
+    proc = subprocess.run(TOOLS[tool] + [str(archive), "-C", str(dest)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = fidelity.snapshot(str(dest))
+    if tool == "bsdtar":  # bsdtar leaves the time of the directory it extracts into as it was
+        found[b"."]["mtime_ns"] = expected[b"."]["mtime_ns"]
+    assert fidelity.differences(expected, found)[:10] == []
+
+
+def test_a_changed_attribute_fails_the_comparison(archived):
+    work, _expected, archive, files = archived
+    dest = work / "tampered"
+    dest.mkdir()
+    with open(archive, "rb") as handle:
+        _archive.extract_stream(handle, str(dest))
+    os.setxattr(dest / "meta" / "tagged.bin", "user.origin", b"changed")
+    os.utime(dest / "current", ns=(1, 1), follow_symlinks=False)
+    problems = _archive.compare_trees(files, _archive.scan_tree(str(dest)))
+    assert any("'meta/tagged.bin': xattrs" in p for p in problems) and any("'current': mtime" in p for p in problems)
