@@ -208,7 +208,7 @@ def restore_tree(dest: str, item: dict[str, t.Any], set_directory: str, restic: 
     try:
         if not swap:
             _archive.empty_directory(dest)
-        count = _archive.extract_stream(source.stream, workdir)
+        extracted = _archive.extract_stream(source.stream, workdir)
     except BaseException:
         source.abort()
         if swap:
@@ -229,7 +229,9 @@ def restore_tree(dest: str, item: dict[str, t.Any], set_directory: str, restic: 
         os.rename(workdir, dest)
         if old:
             shutil.rmtree(old, ignore_errors=True)
-    return {"members": count, "duration_s": round(time.monotonic() - began, 3)}
+    return {"members": extracted.count, "duration_s": round(time.monotonic() - began, 3),
+            "not_restored": extracted.not_restored, "not_restored_total": extracted.not_restored_total,
+            "not_restored_sentence": _archive.not_restored_sentence(extracted)}
 
 
 def wait_health(url: str, timeout: float, per_request: float = 3.0) -> bool:
@@ -250,6 +252,7 @@ def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, 
     compose = Compose(target)
     actions: list[str] = []
     timings: dict[str, float] = {}
+    not_restored: list[dict[str, str]] = []
     running_before = plan["running"]
     # every file archive must pass the extraction rules and its checksum before the app is
     # stopped: a hostile or swapped archive is refused while everything still runs untouched
@@ -272,6 +275,11 @@ def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, 
             result = restore_tree(step["path"], item, set_directory, restic)
             actions.append(f"restored path {step['path']} ({result['members']} entries)")
             timings[f"path:{item['name']}"] = result["duration_s"]
+        else:
+            continue
+        if result["not_restored_total"]:
+            actions.append(f"{step['kind']} {item['name']}: {result['not_restored_sentence']}")
+            not_restored += [dict(entry, item=f"{step['kind']} {item['name']}") for entry in result["not_restored"]]
     started_for_dumps: list[str] = []
     for step in plan["steps"]:
         if step["kind"] != "database":
@@ -332,7 +340,7 @@ def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, 
         "format": 1, "set_id": entry["set_id"], "at": iso(), "target": target["project_name"],
         "live": plan["live"], "started": to_start, "healthy": healthy, "timings": timings, "fingerprint": fingerprint,
     })
-    return {"actions": actions, "timings": timings, "started": to_start, "healthy": healthy}
+    return {"actions": actions, "timings": timings, "started": to_start, "healthy": healthy, "not_restored": not_restored}
 
 
 def restore_plan_refresh(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, entry: dict[str, t.Any]) -> dict[str, t.Any]:

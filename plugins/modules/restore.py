@@ -143,6 +143,16 @@ lost:
   type: dict
   sample: {set_id: b-20261202T061502Z-3c1d, seconds: 640, changed: true, tables: {public.notes: {in_set: 12, now: 14}},
            summary: "everything written in the last 10 min (public.notes has 14 rows now, 12 in the set)"}
+not_restored:
+  description:
+    - What the target filesystem did not accept while the files were written back, per entry (at most 20 per item):
+      C(item), C(path), C(what) (V(owner), V(acl), V(xattr <name>) or V(mtime)) and C(reason). Empty when everything
+      the set holds was put back.
+    - The same is said in RV(actions) and as a warning; nothing is dropped silently.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{item: volume uploads, path: bin/server, what: xattr security.capability, reason: Operation not permitted}]
 started:
   description: Services started after the restore.
   returned: success
@@ -245,7 +255,11 @@ def restore(module: AppModule) -> dict[str, t.Any]:
         result["changed"] = True
         done = _restore.run_restore(app, target, client, ledger, entry, plan, restic, params["start"],
                                     params["health_timeout"])
-    result.update(actions=done["actions"], started=done["started"], timings=done["timings"])
+    result.update(actions=done["actions"], started=done["started"], timings=done["timings"],
+                  not_restored=done["not_restored"])
+    for entry in done["not_restored"][:3]:
+        module.warn(f"app {app['name']}: {entry['item']}: {entry['path']}: the target filesystem did not accept its "
+                    f"{entry['what']} ({entry['reason']})")
     return result
 
 
