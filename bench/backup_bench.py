@@ -4,8 +4,8 @@
 baselines, on the same data in the same run (median of N, runs interleaved).
 
 Ours is called through the module_utils directly (the functions the modules run):
-``_backup.run_backup`` on an app whose only source is a bind path holding the data
-(local backend, zstd), and ``_backup.deep_check`` on the resulting set. Baselines:
+``_capture.run_backup`` on an app whose only source is a bind path holding the data
+(local backend, zstd), and ``_verify.deep_check`` on the resulting set. Baselines:
 ``tar | zstd -1 -T0``, a first ``restic backup`` into a fresh repository (password in
 a file, never on argv), and ``sha256sum`` of every file.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), ".venv", "collections"))
 
 from data import make_dataset  # noqa: E402  (path set above)
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup  # noqa: E402
+from ansible_collections.selfhost.rollback.plugins.module_utils import _capture, _sets, _sources, _verify  # noqa: E402
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app  # noqa: E402
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger  # noqa: E402
 
@@ -82,8 +82,8 @@ def main() -> int:
                             "databases": [], "volumes": [], "paths": ["data"], "health": None, "schema_probe": None})
         store = os.path.join(work, "store")
         ledger = Ledger(store, "bench")
-        options = _backup.BackupOptions(backend="local", compression="zstd", space_check=True)
-        plan = {"sources": _backup.resolve_sources(app, _NoDocker(), {"services": {"app": {}}, "volumes": {}}, {})[0],
+        options = _capture.BackupOptions(backend="local", compression="zstd", space_check=True)
+        plan = {"sources": _sources.resolve_sources(app, _NoDocker(), {"services": {"app": {}}, "volumes": {}}, {})[0],
                 "skipped": []}
         restic_env = dict(os.environ)
         password_file = os.path.join(work, "restic-password")
@@ -105,10 +105,10 @@ def main() -> int:
             results["restic first backup"].append(timed(lambda: sh(f"restic -q -r {repo} backup {data}", restic_env), "restic first backup"))
             shutil.rmtree(repo)
             results["sha256sum"].append(timed(lambda: sh(f"find {data} -type f -print0 | xargs -0 sha256sum"), "sha256sum"))
-            entry = _backup.load_set(ledger, outcome["set_id"])
+            entry = _sets.load_set(ledger, outcome["set_id"])
             checks: list = []
             results["ours: deep verify"].append(timed(lambda: checks.extend(
-                _backup.deep_check(ledger.path("backups", entry["set_id"]), entry["manifest"], None)), "ours: deep verify"))
+                _verify.deep_check(ledger.path("backups", entry["set_id"]), entry["manifest"], None)), "ours: deep verify"))
             if not all(check["passed"] for check in checks):
                 print("deep check failed:", checks)
                 return 1
@@ -143,9 +143,9 @@ class _NoDocker:
             return []
 
 
-def _run_ours(app: dict, ledger: Ledger, options: _backup.BackupOptions, plan: dict) -> dict:
+def _run_ours(app: dict, ledger: Ledger, options: _capture.BackupOptions, plan: dict) -> dict:
     with ledger.lock(0, "bench"):
-        outcome = _backup.run_backup(app, _NoDockerClient(), ledger, options, plan)
+        outcome = _capture.run_backup(app, _NoDockerClient(), ledger, options, plan)
     return {"set_id": outcome["manifest"]["set_id"]}
 
 

@@ -1,6 +1,6 @@
 # Copyright: selfhost.rollback contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The restic repository option shared by the backup set modules (see module_utils/_backup.py)."""
+"""The restic repository option shared by the backup set modules (see module_utils/_restic.py)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,18 @@ import typing as t
 import urllib.parse
 
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps, _gate, _operation, _project, _release, _restore
+from ansible_collections.selfhost.rollback.plugins.module_utils import (
+    _archive,
+    _dumps,
+    _gate,
+    _operation,
+    _project,
+    _release,
+    _restore,
+    _sets,
+    _sources,
+    _verify,
+)
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     OperatorError,
@@ -248,7 +259,7 @@ def record_markdown(record: dict[str, t.Any]) -> str:
 def choose_set(sets: list[dict[str, t.Any]], target: dict[str, t.Any], releases: list[dict[str, t.Any]],
                additive: list[str]) -> dict[str, t.Any] | None:
     """The newest verified set taken under the target release; else the newest verified set its code runs on."""
-    verified = [s for s in sets if _backup.is_verified(s)]
+    verified = [s for s in sets if _sets.is_verified(s)]
     own = [s for s in verified if (s.get("manifest") or {}).get("release_id") == target.get("release_id")]
     if own:
         return sorted(own, key=lambda s: s["manifest"].get("created_at") or "")[-1]
@@ -392,9 +403,9 @@ class Drill:
                                 "drill target=current, or record a release first")
         additive = [str(a) for a in ((self.app.get("schema_probe") or {}).get("additive") or [])]
         if self.options.get("set_id"):
-            entry = _backup.load_set(self.ledger, self.options["set_id"])
+            entry = _sets.load_set(self.ledger, self.options["set_id"])
         else:
-            entry = choose_set(_backup.list_sets(self.ledger), target, releases, additive)
+            entry = choose_set(_sets.list_sets(self.ledger), target, releases, additive)
             if entry is None:
                 raise OperatorError(f"app {self.app['name']}: no verified backup set can restore release {target['release_id']}; "
                                     "run selfhost.rollback.pre_upgrade (or backup and backup_verify) under that release")
@@ -531,7 +542,7 @@ class Drill:
             if item["kind"] != "database":
                 continue
             container = next((c for c in sorted(project_containers(self.client, self.project), key=lambda c: c.name)
-                              if _backup.container_service(c) == item["service"] and c.status == "running"), None)
+                              if _sources.container_service(c) == item["service"] and c.status == "running"), None)
             if container is None:
                 self.check(f"rows {item['name']}", "rows", [f"database service {item['service']} is not running in the copy"])
                 continue
@@ -587,9 +598,9 @@ class Drill:
             try:
                 with self.phase("verify"):
                     if self.options["verify"] == "deep":
-                        run = _backup.verify_set(self.ledger, entry, ["deep"], self.client, self.restic, record=True)[0]
+                        run = _verify.verify_set(self.ledger, entry, ["deep"], self.client, self.restic, record=True)[0]
                     else:
-                        run = _backup.last_verification(entry.get("verification") or []) or {"passed": False, "failures": ["never verified"]}
+                        run = _sets.last_verification(entry.get("verification") or []) or {"passed": False, "failures": ["never verified"]}
                     if not self.check("backup set verification", "verify", list(run.get("failures") or ([] if run["passed"] else ["failed"])),
                                       detail=f"{self.options['verify']} check of {entry['set_id']}"):
                         raise DrillFailed(f"backup set {entry['set_id']} fails verification")

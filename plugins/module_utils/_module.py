@@ -25,7 +25,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _project
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DOCKER_IMPORT_ERROR,
@@ -37,9 +37,16 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     secret_values,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
+from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
 
 #: Failures whose message is already a sentence for the operator.
 OPERATOR_ERRORS: tuple[type[BaseException], ...] = (AppError, OperatorError, LedgerError)
+
+#: What a backup, verification, restore or drill can fail with that is the operator's to act on:
+#: every one carries a sentence for the operator (the backup, backup_verify, restore, drill and
+#: switch modules pass it as ``errors``).
+OPERATOR_FAILURES = (AppError, OperatorError, LedgerError, StorageError, ResticError, _archive.ArchiveError)
 
 DOCKER_FAILURE = "the Docker Engine refused a request ({exc}); check that dockerd is running"
 OS_FAILURE = "{exc}; check free space and permissions under {store}"
@@ -84,7 +91,8 @@ class AppModule:
     ``{name}`` (the app) and ``{store}``; without it a failure reads ``app NAME: ...``.
     ``docker_failure`` and ``os_failure`` finish the sentence for those errors
     (``{exc}``, ``{store}``, ``{name}``). ``errors`` adds library exceptions whose
-    message is already an operator sentence. Other keyword arguments go to
+    message is already an operator sentence (the backup set modules pass
+    :data:`OPERATOR_FAILURES`). Other keyword arguments go to
     ``AnsibleModule`` (``required_if``, ``mutually_exclusive``...).
     """
 

@@ -6,6 +6,9 @@ The repository password reaches restic only through RESTIC_PASSWORD_FILE (a 0600
 temporary file) or a password file the operator names; never through argv. Exit
 codes are taken at their word: 0 is success, 3 ("some source data could not be
 read") is a failure here, like every other non-zero code.
+
+The ``restic`` option the backup set modules share, and the :class:`Restic` it
+describes, come from :func:`restic_option_spec` and :func:`restic_from_params`.
 """
 
 from __future__ import annotations
@@ -132,3 +135,26 @@ def check_exit(code: int, stderr: bytes, what: str) -> None:
     lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
     meaning = EXIT_MEANINGS.get(code, "error")
     raise ResticError(f"{what}: restic exited {code} ({meaning}): {' / '.join(lines[-3:]) or 'no output'}")
+
+
+# the ``restic`` option of the backup set modules (documented by the selfhost.rollback.restic doc fragment)
+
+
+def restic_option_spec() -> dict[str, t.Any]:
+    """The ``restic`` option shared by the backup modules."""
+    return {
+        "type": "dict",
+        "options": {
+            "repository": {"type": "str", "required": True},
+            "password": {"type": "str", "no_log": True},
+            "password_file": {"type": "path", "no_log": False},
+            "env": {"type": "dict", "default": {}, "no_log": True},
+        },
+    }
+
+
+def restic_from_params(params: dict[str, t.Any] | None) -> Restic | None:
+    if not params:
+        return None
+    return Restic(params["repository"], password=params.get("password"), password_file=params.get("password_file"),
+                  extra_env={str(k): str(v) for k, v in (params.get("env") or {}).items()})

@@ -11,13 +11,15 @@ drop and recreate, load the dump → start what ran before → wait for health.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _backup, _dumps
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _sources
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, parse_iso, project_containers
 from ansible_collections.selfhost.rollback.plugins.module_utils._gate import human_age
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
@@ -55,7 +57,7 @@ def plan_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any,
     """Where each item goes; unknown volumes or services in the target fail here."""
     compose = Compose(target)
     config = compose.config()
-    volumes = _backup.compose_volumes(config)
+    volumes = _sources.compose_volumes(config)
     services = config.get("services") or {}
     steps = []
     skipped = []
@@ -81,7 +83,7 @@ def plan_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any,
             step["service"] = item["service"]
         steps.append(step)
     containers = project_containers(client, target["project_name"])
-    running = sorted({_backup.container_service(c) for c in containers if c.status == "running"})
+    running = sorted({_sources.container_service(c) for c in containers if c.status == "running"})
     return {"steps": steps, "skipped": skipped, "running": running, "had_containers": bool(containers),
             "services": sorted(services), "live": live, "config": config}
 
@@ -154,6 +156,43 @@ def what_is_lost(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any]
     return lost
 
 
+def tree_fingerprint(path: str) -> str:
+    digest = hashlib.sha256()
+    for directory, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(dirs + names):
+            full = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(full)
+                fields = (os.path.relpath(full, path), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+                line = "%s\0%o\0%d\0%d\0%d\0%d\n" % fields
+                digest.update(line.encode(errors="surrogateescape"))
+    return "sha256:" + digest.hexdigest()
+
+
+PG_ACTIVITY = ("SELECT format('%I.%I', schemaname, relname) || chr(9) || (n_tup_ins + n_tup_upd + n_tup_del + n_live_tup) "
+               "FROM pg_stat_user_tables ORDER BY 1")
+
+
+def database_fingerprint(container_id: str, database: dict[str, t.Any], label: str, host_path: str | None) -> str | None:
+    """A value that changes whenever the database is written (None when it cannot be told)."""
+    if database["engine"] == "postgres":
+        runner = _dumps.Exec(container_id, label)
+        proc = runner.run(["psql", "-X", "-tA", "-U", database.get("user") or "postgres", "-d", database["database"],
+                           "-c", PG_ACTIVITY], "reading table statistics", check=False)
+        if proc.returncode != 0:
+            return None
+        return "sha256:" + hashlib.sha256(proc.stdout).hexdigest()
+    if database["engine"] == "sqlite" and host_path and os.path.exists(host_path):
+        parts = []
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                st = os.stat(host_path + suffix)
+                parts.append(f"{suffix}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+        return "|".join(parts)
+    return None
+
+
 def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any]) -> dict[str, t.Any] | None:
     """What the target looks like now, to tell whether a restore already happened and nothing changed since."""
     parts: dict[str, t.Any] = {"running": plan["running"]}
@@ -162,14 +201,14 @@ def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str,
             root = step_root(client, step)
             if root is None:  # missing: certainly not restored
                 return None
-            parts[f"{step['kind']}:{step['name']}"] = _backup.tree_fingerprint(root)
+            parts[f"{step['kind']}:{step['name']}"] = tree_fingerprint(root)
         else:
             container = _service_container(client, target, step["service"], running=True)
             if container is None:
                 return None
             item = step["item"]
             host = _dumps.host_path_in_container(container.attrs, _dumps.sqlite_path(item)) if item["engine"] == "sqlite" else None
-            value = _backup.database_fingerprint(container.id, item, f"app {target['name']}", host)
+            value = database_fingerprint(container.id, item, f"app {target['name']}", host)
             if value is None:
                 return None
             parts[f"database:{step['name']}"] = value
@@ -178,7 +217,7 @@ def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str,
 
 def _service_container(client: t.Any, target: dict[str, t.Any], service: str, running: bool) -> t.Any:
     for container in sorted(project_containers(client, target["project_name"]), key=lambda c: c.name):
-        if _backup.container_service(container) == service and (not running or container.status == "running"):
+        if _sources.container_service(container) == service and (not running or container.status == "running"):
             return container
     return None
 

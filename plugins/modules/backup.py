@@ -175,15 +175,15 @@ reasons:
 
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
+from ansible_collections.selfhost.rollback.plugins.module_utils import _capture, _quiesce, _restic, _sets
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import check_live_project
-from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
     return {
         "backend": {"type": "str", "choices": ["local", "restic"], "default": "local"},
-        "restic": _backup.restic_option_spec(),
+        "restic": _restic.restic_option_spec(),
         "compression": {"type": "str", "choices": ["auto", "zstd", "gzip", "none"], "default": "auto"},
         "compression_level": {"type": "int"},
         "consistency": {"type": "dict", "default": {}},
@@ -199,32 +199,32 @@ def back_up(module: AppModule) -> dict[str, t.Any]:
     result.update(changed=False, set_id=None, items=[], left_out=[], actions=[])
     app = module.app
     consistency = dict(module.app["consistency"], **{str(k): str(v) for k, v in params["consistency"].items()})
-    restic = _backup.restic_from_params(params["restic"]) if params["backend"] == "restic" else None
+    restic = _restic.restic_from_params(params["restic"]) if params["backend"] == "restic" else None
     if restic is not None:
         module.cleanup(restic.close)
-    options = _backup.BackupOptions(backend=params["backend"], compression=params["compression"],
-                                    compression_level=params["compression_level"], consistency=consistency,
-                                    space_check=params["space_check"], restic=restic, tags=params["tags"])
+    options = _capture.BackupOptions(backend=params["backend"], compression=params["compression"],
+                                     compression_level=params["compression_level"], consistency=consistency,
+                                     space_check=params["space_check"], restic=restic, tags=params["tags"])
     client = module.client
     check_live_project(client, app)
     ledger = module.ledger
     if module.check_mode:
-        plan = _backup.plan_backup(app, client, options)
+        plan = _capture.plan_backup(app, client, options)
         result.update(changed=True, items=[s.describe() for s in plan["sources"]], left_out=plan["skipped"])
         return result
     with module.lock("backup"):
         # containers a killed run left paused or stopped come back before the plan reads them
-        resumed = _backup.resume_interrupted(ledger, client)
-        plan = _backup.plan_backup(app, client, options)
+        resumed = _quiesce.resume_interrupted(ledger, client)
+        plan = _capture.plan_backup(app, client, options)
         result["items"] = [s.describe() for s in plan["sources"]]
         result["left_out"] = plan["skipped"]
-        done = _backup.run_backup(app, client, ledger, options, plan, resumed)
+        done = _capture.run_backup(app, client, ledger, options, plan, resumed)
     manifest = done["manifest"]
     result.update(
         changed=True,
         set_id=manifest["set_id"],
         set_dir=done["set_dir"],
-        items=[_backup.item_view(i) for i in manifest["items"]],
+        items=[_sets.item_view(i) for i in manifest["items"]],
         release_id=manifest["release_id"],
         schema_version=manifest["schema_version"],
         bytes=sum(int(i.get("bytes") or 0) for i in manifest["items"]),
@@ -239,7 +239,7 @@ def back_up(module: AppModule) -> dict[str, t.Any]:
 
 def main() -> None:
     module = AppModule(argument_spec(), required_if=[("backend", "restic", ["restic"])],
-                       failure="backup of app {name} failed", errors=_backup.OPERATOR_FAILURES,
+                       failure="backup of app {name} failed", errors=OPERATOR_FAILURES,
                        docker_failure="the Docker Engine refused a request ({exc}); check that the app's containers exist and run again",
                        os_failure="{exc}; check free space and permissions of {store}")
     module.run(back_up)

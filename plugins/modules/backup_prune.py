@@ -90,17 +90,17 @@ reasons:
 import shutil
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
+from ansible_collections.selfhost.rollback.plugins.module_utils import _retention, _sets
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, utcnow
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
-from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
+from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError, restic_from_params, restic_option_spec
 
 
 def argument_spec() -> dict[str, t.Any]:
     return {
         "keep_last": {"type": "int"},
         "keep_within": {"type": "str"},
-        "restic": _backup.restic_option_spec(),
+        "restic": restic_option_spec(),
         "lock_timeout": {"type": "float", "default": 60},
     }
 
@@ -112,19 +112,19 @@ def prune(module: AppModule) -> dict[str, t.Any]:
     ledger = module.ledger  # an unusable app definition fails before the options are judged
     if params["keep_last"] is not None and params["keep_last"] < 0:
         raise OperatorError("keep_last must be 0 or more")
-    within = _backup.parse_duration(params["keep_within"]) if params["keep_within"] else None
+    within = _retention.parse_duration(params["keep_within"]) if params["keep_within"] else None
     with module.lock("backup_prune"):
-        sets = _backup.list_sets(ledger)
-        releases, pinned = _backup.retained_releases(ledger)
-        plan = _backup.prune_plan(sets, releases, params["keep_last"], within, utcnow(), pinned)
-        partial = _backup.partial_sets(ledger)
+        sets = _sets.list_sets(ledger)
+        releases, pinned = _retention.retained_releases(ledger)
+        plan = _retention.prune_plan(sets, releases, params["keep_last"], within, utcnow(), pinned)
+        partial = _sets.partial_sets(ledger)
         result.update(removed=plan["remove"], kept=plan["keep"], partial_removed=partial,
                       changed=bool(plan["remove"] or partial))
         if result["changed"] and not module.check_mode:
             by_id = {e["set_id"]: e for e in sets}
             snapshots = [i["snapshot"] for s in plan["remove"] for i in by_id[s]["manifest"].get("items", []) if i.get("snapshot")]
             if snapshots:
-                restic = _backup.restic_from_params(params["restic"])
+                restic = restic_from_params(params["restic"])
                 if restic is None:
                     raise OperatorError("sets to remove are stored in restic; give the restic option")
                 module.cleanup(restic.close)

@@ -121,9 +121,9 @@ reasons:
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup
+from ansible_collections.selfhost.rollback.plugins.module_utils import _restic, _sets, _verify
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
-from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -131,7 +131,7 @@ def argument_spec() -> dict[str, t.Any]:
         "set_id": {"type": "str"},
         "checks": {"type": "list", "elements": "str", "choices": ["deep", "test_restore"], "default": ["deep", "test_restore"]},
         "fail_on_mismatch": {"type": "bool", "default": True},
-        "restic": _backup.restic_option_spec(),
+        "restic": _restic.restic_option_spec(),
         "timeout": {"type": "float", "default": 120},
         "lock_timeout": {"type": "float", "default": 60},
     }
@@ -142,17 +142,17 @@ def verify(module: AppModule) -> dict[str, t.Any]:
     result = module.result
     result.update(changed=False, set_id=params["set_id"], passed=False, failures=[], runs=[], duration_s=0.0)
     ledger = module.ledger
-    restic = _backup.restic_from_params(params["restic"])
+    restic = _restic.restic_from_params(params["restic"])
     if restic is not None:
         module.cleanup(restic.close)
     client = module.client
     began = time.monotonic()
     with module.lock("backup_verify"):
-        entry = _backup.load_set(ledger, params["set_id"])
+        entry = _sets.load_set(ledger, params["set_id"])
         result["set_id"] = entry["set_id"]
         if entry["manifest"].get("backend") == "restic" and restic is None:
             raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
-        runs = _backup.verify_set(ledger, entry, params["checks"], client, restic,
+        runs = _verify.verify_set(ledger, entry, params["checks"], client, restic,
                                   record=not module.check_mode, timeout=params["timeout"])
     result.update(
         changed=not module.check_mode,
@@ -170,7 +170,7 @@ def verify(module: AppModule) -> dict[str, t.Any]:
 
 def main() -> None:
     module = AppModule(argument_spec(), failure="verification of a backup set of app {name} could not run",
-                       errors=_backup.OPERATOR_FAILURES,
+                       errors=OPERATOR_FAILURES,
                        docker_failure="the Docker Engine refused a request ({exc}); check that the database image still exists")
     module.run(verify)
 

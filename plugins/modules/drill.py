@@ -240,10 +240,10 @@ reasons:
 
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill
+from ansible_collections.selfhost.rollback.plugins.module_utils import _drill, _restic
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import SMOKE_OPTIONS
-from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -261,7 +261,7 @@ def argument_spec() -> dict[str, t.Any]:
         "boot_timeout": {"type": "float", "default": 300},
         "ignore_tables": {"type": "list", "elements": "str", "default": []},
         "allow_host_paths": {"type": "list", "elements": "path", "default": []},
-        "restic": _backup.restic_option_spec(),
+        "restic": _restic.restic_option_spec(),
         "lock_timeout": {"type": "float", "default": 60},
     }
 
@@ -281,7 +281,7 @@ def run_drill(module: AppModule) -> dict[str, t.Any]:
                                 "{app: {SMTP_HOST: ''}}")
     module.add_secrets(*env_values(params["env"]))
     app = module.app
-    restic = _backup.restic_from_params(params["restic"])
+    restic = _restic.restic_from_params(params["restic"])
     if restic is not None:
         module.cleanup(restic.close)
     client = module.client
@@ -310,7 +310,7 @@ def run_drill(module: AppModule) -> dict[str, t.Any]:
 
 
 def main() -> None:
-    module = AppModule(argument_spec(), failure="drill of app {name} could not run", errors=_backup.OPERATOR_FAILURES,
+    module = AppModule(argument_spec(), failure="drill of app {name} could not run", errors=OPERATOR_FAILURES,
                        docker_failure="the Docker Engine refused a request ({exc}); check that dockerd is running, "
                        "then run the drill again (it removes what this one left)")
     module.run(run_drill)

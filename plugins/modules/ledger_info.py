@@ -107,7 +107,7 @@ import os
 import socket
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _drill, _operation, _release
+from ansible_collections.selfhost.rollback.plugins.module_utils import _drill, _operation, _release, _sets
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, DEFAULT_STORE
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import iso
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, split_reference
@@ -138,8 +138,8 @@ def app_summary(ledger: Ledger, client: t.Any, drill_limit: int) -> dict[str, t.
                          "current": record.get("release_id") == current, "schema_version": record.get("schema_version"),
                          "version": version_label(record), "images": images})
     sets = []
-    for entry in _backup.list_sets(ledger):
-        view = _backup.summarize(entry)
+    for entry in _sets.list_sets(ledger):
+        view = _sets.summarize(entry)
         sets.append({k: view[k] for k in ("set_id", "created_at", "release_id", "schema_version", "verified", "bytes")})
     drills = []
     for record in _drill.drill_records(ledger)[-drill_limit:] if drill_limit > 0 else []:

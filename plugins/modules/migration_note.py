@@ -103,11 +103,11 @@ import os
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _gate
-from ansible_collections.selfhost.rollback.plugins.module_utils._backup import list_sets
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, iso
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import current_release_id, releases
+from ansible_collections.selfhost.rollback.plugins.module_utils._sets import list_sets
 
 
 def choose(app: dict[str, t.Any], ledger: Ledger, params: dict[str, t.Any]) -> tuple[dict, dict, str | None]:

@@ -183,10 +183,10 @@ reasons:
 
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _restore
+from ansible_collections.selfhost.rollback.plugins.module_utils import _restic, _restore, _sets, _verify
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
-from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -197,7 +197,7 @@ def argument_spec() -> dict[str, t.Any]:
         "verify": {"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
         "force": {"type": "bool", "default": False},
         "health_timeout": {"type": "float", "default": 120},
-        "restic": _backup.restic_option_spec(),
+        "restic": _restic.restic_option_spec(),
         "lock_timeout": {"type": "float", "default": 60},
     }
 
@@ -205,12 +205,12 @@ def argument_spec() -> dict[str, t.Any]:
 def gate(ledger: Ledger, entry: dict[str, t.Any], mode: str, client: t.Any, restic: t.Any, record: bool) -> dict[str, t.Any]:
     """The verification that allows a restore; raises when the set does not pass."""
     if mode == "recorded":
-        run = _backup.last_verification(entry.get("verification") or [])
+        run = _sets.last_verification(entry.get("verification") or [])
         if not run:
             raise OperatorError(f"backup set {entry['set_id']} was never verified; run selfhost.rollback.backup_verify "
                                 "or restore with verify=deep")
     else:
-        run = _backup.verify_set(ledger, entry, ["deep"], client, restic, record=record)[0]
+        run = _verify.verify_set(ledger, entry, ["deep"], client, restic, record=record)[0]
     if not run["passed"]:
         raise OperatorError(f"restore refused: backup set {entry['set_id']} fails verification "
                             f"({'; '.join(run['failures'][:3])}); nothing was changed — restore an older set")
@@ -222,7 +222,7 @@ def restore(module: AppModule) -> dict[str, t.Any]:
     result = module.result
     result.update(changed=False, set_id=params["set_id"], target=None, live=True, restored=[], left_out=[], actions=[])
     app = module.app
-    restic = _backup.restic_from_params(params["restic"])
+    restic = _restic.restic_from_params(params["restic"])
     if restic is not None:
         module.cleanup(restic.close)
     target_params = params["target"] or {}
@@ -231,7 +231,7 @@ def restore(module: AppModule) -> dict[str, t.Any]:
     client = module.client
     ledger = module.ledger
     with module.lock("restore"):
-        entry = _backup.load_set(ledger, params["set_id"])
+        entry = _sets.load_set(ledger, params["set_id"])
         result["set_id"] = entry["set_id"]
         if entry["manifest"].get("backend") == "restic" and restic is None:
             raise OperatorError(f"set {entry['set_id']} is stored in restic; give the restic option")
@@ -264,7 +264,7 @@ def restore(module: AppModule) -> dict[str, t.Any]:
 
 
 def main() -> None:
-    module = AppModule(argument_spec(), failure="restore of app {name} failed", errors=_backup.OPERATOR_FAILURES,
+    module = AppModule(argument_spec(), failure="restore of app {name} failed", errors=OPERATOR_FAILURES,
                        docker_failure="the Docker Engine refused a request ({exc}); check 'docker compose ps' for the app and run again",
                        os_failure="{exc}; check free space and permissions on the target")
     module.run(restore)

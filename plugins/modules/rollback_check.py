@@ -271,7 +271,8 @@ def judge(module: AppModule) -> dict[str, t.Any]:
     if relation == "older_code" or (unknown and not params["keep_data"]):
         # the backup layer (and what it imports) is loaded only when the data may have to come back:
         # an image-only rollback asks the engine and nothing else
-        from ansible_collections.selfhost.rollback.plugins.module_utils._backup import is_verified, list_sets, parse_duration, summarize
+        from ansible_collections.selfhost.rollback.plugins.module_utils._retention import parse_duration
+        from ansible_collections.selfhost.rollback.plugins.module_utils._sets import is_verified, list_sets, summarize
 
         sets = list_sets(ledger)
         candidates = _gate.restore_candidates(sets, target, history, additive, under_target_only=unknown)

@@ -220,7 +220,7 @@ import os
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _project
+from ansible_collections.selfhost.rollback.plugins.module_utils import _capture, _project, _quiesce
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
@@ -235,7 +235,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, unpin_text
-from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
+from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
 def running_images(client: t.Any, app: dict[str, t.Any]) -> dict[str, dict[str, t.Any]]:
@@ -560,9 +560,9 @@ def put_back(app: dict[str, t.Any], changed_files: list[str], current: dict[str,
 
 def capture_cutover(module: AppModule, app: dict[str, t.Any], plan: dict[str, t.Any], resumed: list[str]) -> tuple[t.Any, dict[str, t.Any]]:
     """Stop the writers and capture the data as it is at this moment (the caller holds the lock)."""
-    _backup.check_space(module.ledger, plan["sources"], f"app {app['name']}")  # before anything stops
+    _capture.check_space(module.ledger, plan["sources"], f"app {app['name']}")  # before anything stops
     began = time.monotonic()
-    quiesce = _backup.Quiesce(module.ledger, purpose="cutover")
+    quiesce = _quiesce.Quiesce(module.ledger, purpose="cutover")
     stopped = writers(module.client, app)
     options = cutover_options(app)
     options.space_check = False
@@ -570,7 +570,7 @@ def capture_cutover(module: AppModule, app: dict[str, t.Any], plan: dict[str, t.
         for container in stopped:
             quiesce.hold(container, "stop")
         held = time.monotonic()
-        done = _backup.run_backup(app, module.client, module.ledger, options, plan, resumed, quiesce)
+        done = _capture.run_backup(app, module.client, module.ledger, options, plan, resumed, quiesce)
     except BaseException:
         quiesce.release()
         raise
@@ -581,8 +581,8 @@ def capture_cutover(module: AppModule, app: dict[str, t.Any], plan: dict[str, t.
                      "tables": {i["name"]: i.get("tables") for i in manifest["items"] if i.get("kind") == "database"}}
 
 
-def cutover_options(app: dict[str, t.Any]) -> _backup.BackupOptions:
-    return _backup.BackupOptions(consistency=dict(app.get("consistency") or {}), tags=["cutover"])
+def cutover_options(app: dict[str, t.Any]) -> _capture.BackupOptions:
+    return _capture.BackupOptions(consistency=dict(app.get("consistency") or {}), tags=["cutover"])
 
 
 def switch_forward(module: AppModule) -> dict[str, t.Any]:
@@ -610,8 +610,8 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
         with module.lock("switching to a new version"):
             before, quiesce = app, None
             if cutover:
-                resumed = _backup.resume_interrupted(module.ledger, module.client)
-                plan = _backup.plan_backup(before, module.client, cutover_options(before))
+                resumed = _quiesce.resume_interrupted(module.ledger, module.client)
+                plan = _capture.plan_backup(before, module.client, cutover_options(before))
             pins = None
             if app.get("pins_file") and os.path.isfile(app["pins_file"]):
                 with open(app["pins_file"], "rb") as handle:
@@ -666,7 +666,7 @@ def main() -> None:
             "wait": {"type": "float", "default": 300},
             "lock_timeout": {"type": "float", "default": 60},
         },
-        errors=(PinError, *_backup.OPERATOR_FAILURES),
+        errors=(PinError, *OPERATOR_FAILURES),
         mutually_exclusive=[("release", "env"), ("release", "compose_src")],
         required_one_of=[("release", "env", "compose_src")],
     )

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _backup, _dumps
+from ansible_collections.selfhost.rollback.plugins.module_utils import _dumps, _retention
 
 DUMP = (b"SET x = 1;\nCOPY public.notes (id, title) FROM stdin;\n1\ta\n2\tb\\nwith escaped newline\n3\tc\n\\.\n\n"
         b"COPY public.\"Empty Table\" (id) FROM stdin;\n\\.\n"
@@ -34,13 +34,13 @@ def entry(day: int, release: str | None = None, verified: bool | None = None) ->
 
 def test_keep_last_and_within():
     sets = [entry(d) for d in (10, 8, 5, 2, 1)]
-    plan = _backup.prune_plan(sets, set(), 2, datetime.timedelta(days=6), NOW)
+    plan = _retention.prune_plan(sets, set(), 2, datetime.timedelta(days=6), NOW)
     assert plan["remove"] == [sets[0]["set_id"], sets[1]["set_id"]]
 
 
 def test_newest_verified_set_survives_every_rule():
     sets = [entry(9, verified=True), entry(3, verified=False), entry(1)]
-    plan = _backup.prune_plan(sets, set(), 1, None, NOW)
+    plan = _retention.prune_plan(sets, set(), 1, None, NOW)
     kept = {k["set_id"]: k["reasons"] for k in plan["keep"]}
     assert sets[0]["set_id"] in kept and "newest verified set" in kept[sets[0]["set_id"]]
     assert plan["remove"] == [sets[1]["set_id"]]
@@ -48,19 +48,19 @@ def test_newest_verified_set_survives_every_rule():
 
 def test_sets_needed_by_retained_releases_stay():
     sets = [entry(30, "r-old", verified=True), entry(29, "r-old"), entry(20, "r-gone"), entry(1, "r-new")]
-    plan = _backup.prune_plan(sets, {"r-old", "r-new"}, 1, None, NOW, pinned={sets[2]["set_id"]})
+    plan = _retention.prune_plan(sets, {"r-old", "r-new"}, 1, None, NOW, pinned={sets[2]["set_id"]})
     assert plan["remove"] == [sets[1]["set_id"]]  # r-old keeps its verified set, not merely its newest
 
 
 def test_durations():
-    assert _backup.parse_duration("36h") == datetime.timedelta(hours=36)
-    assert _backup.parse_duration("2w") == datetime.timedelta(days=14)
+    assert _retention.parse_duration("36h") == datetime.timedelta(hours=36)
+    assert _retention.parse_duration("2w") == datetime.timedelta(days=14)
     with pytest.raises(Exception):
-        _backup.parse_duration("soon")
+        _retention.parse_duration("soon")
 
 
 def test_a_volume_holding_only_an_sqlite_file_and_its_journals_is_left_to_the_online_backup(tmp_path):
-    from ansible_collections.selfhost.rollback.plugins.module_utils._backup import _holds_more_than
+    from ansible_collections.selfhost.rollback.plugins.module_utils._sources import _holds_more_than
 
     (tmp_path / "db").mkdir()
     for name in ("db/app.db", "db/app.db-wal", "db/app.db-shm"):
