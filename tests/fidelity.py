@@ -17,6 +17,13 @@ import stat
 import subprocess
 
 MiB = 1024 * 1024
+
+# how an operator extracts a stored archive with the stock tools alone (the restore runbook and
+# docs/backup.md give these lines; the fidelity tests run them)
+BY_HAND = {
+    "gnu tar": "zstd -dc {archive} | tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf - -C {dest}",
+    "bsdtar": "bsdtar --xattrs --acls --numeric-owner -xpf {archive} -C {dest}",
+}
 LONG_PARTS = ["deep-" + "x" * 200 + f"-{index:02d}" for index in range(22)]  # 22 x 209 bytes: over 4,096
 MTIME_NS = 1_700_000_000_123_456_789
 DIR_MTIME_NS = 1_650_000_000_000_000_001

@@ -156,20 +156,6 @@ def what_is_lost(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any]
     return lost
 
 
-def tree_fingerprint(path: str) -> str:
-    digest = hashlib.sha256()
-    for directory, dirs, names in os.walk(path):
-        dirs.sort()
-        for name in sorted(dirs + names):
-            full = os.path.join(directory, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(full)
-                fields = (os.path.relpath(full, path), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
-                line = "%s\0%o\0%d\0%d\0%d\0%d\n" % fields
-                digest.update(line.encode(errors="surrogateescape"))
-    return "sha256:" + digest.hexdigest()
-
-
 PG_ACTIVITY = ("SELECT format('%I.%I', schemaname, relname) || chr(9) || (n_tup_ins + n_tup_upd + n_tup_del + n_live_tup) "
                "FROM pg_stat_user_tables ORDER BY 1")
 
@@ -201,7 +187,7 @@ def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str,
             root = step_root(client, step)
             if root is None:  # missing: certainly not restored
                 return None
-            parts[f"{step['kind']}:{step['name']}"] = tree_fingerprint(root)
+            parts[f"{step['kind']}:{step['name']}"] = _archive.tree_fingerprint(root)
         else:
             container = _service_container(client, target, step["service"], running=True)
             if container is None:

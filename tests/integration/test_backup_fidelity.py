@@ -24,11 +24,6 @@ BUSYBOX = "127.0.0.1:5000/selfhost/tools:busybox"
 pytestmark = pytest.mark.skipif(not shutil.which("setfacl") or not shutil.which("setcap") or not shutil.which("bsdtar"),
                                 reason="make setup installs acl, libcap2-bin and libarchive-tools")
 
-# the same lines as docs/restore-runbook.md gives for extracting a set by hand
-BY_HAND = {
-    "gnu tar": "zstd -dc {archive} | tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf - -C {dest}",
-    "bsdtar": "bsdtar --xattrs --acls --numeric-owner -xpf {archive} -C {dest}",
-}
 
 
 def test_a_hostile_tree_round_trips_exactly_and_stock_tools_extract_it(tmp_path, module_playbook, docker_client, registry):
@@ -72,7 +67,7 @@ def test_a_hostile_tree_round_trips_exactly_and_stock_tools_extract_it(tmp_path,
         set_dir = tmp_path / "ledger" / name / "backups" / taken["set_id"]
         manifest = json.loads((set_dir / "manifest.json").read_text())
         archive = set_dir / next(i["archive"] for i in manifest["items"] if i["name"] == "store")
-        for tool, line in BY_HAND.items():
+        for tool, line in fidelity.BY_HAND.items():
             dest = tmp_path / tool.replace(" ", "-")
             dest.mkdir()
             proc = subprocess.run(["bash", "-o", "pipefail", "-c", line.format(archive=archive, dest=dest)],

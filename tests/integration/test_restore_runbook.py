@@ -15,6 +15,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import fidelity
 from conftest import REPO, http
 
 RUNBOOK = REPO / "docs" / "restore-runbook.md"
@@ -74,8 +75,20 @@ def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
     notes = [n["title"] for n in demo.notes()]
     assert health[0] == 200 and notes == ["groceries", "meeting notes", "ideas"]
 
+    # without the collection: the stock tools alone put a volume's archive back, exactly
+    archive = demo.store / demo.name / "backups" / set_id / "volume-uploads.tar.zst"
+    by_hand = tmp_path / "uploads-by-hand"
+    by_hand.mkdir()
+    line = fidelity.BY_HAND["gnu tar"].format(archive=archive, dest=by_hand)
+    subprocess.run(["bash", "-o", "pipefail", "-c", line], check=True, capture_output=True)
+    mountpoint = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", f"{demo.name}_uploads"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    assert fidelity.differences(fidelity.snapshot(mountpoint), fidelity.snapshot(str(by_hand))) == []
+    by_hand_listing = subprocess.run(["ls", "-ln", str(by_hand)], capture_output=True, text=True, check=True).stdout
+    by_hand_listing = by_hand_listing.replace(str(by_hand), "/tmp/uploads")
+
     if os.environ.get("SELFHOST_WRITE_RUNBOOK") == "1":
-        text = render(demo, set_id, run, verify, preview, restore, listing, status, health, notes)
+        text = render(demo, set_id, run, verify, preview, restore, listing, status, health, notes, by_hand_listing)
         RUNBOOK.write_text(text)
 
 
@@ -97,7 +110,7 @@ def tasks_only(stdout: str) -> str:
     return "\n".join(lines)
 
 
-def render(demo, set_id, backup, verify, preview, restore, listing, status, health, notes) -> str:
+def render(demo, set_id, backup, verify, preview, restore, listing, status, health, notes, by_hand) -> str:
     def c(text):
         return clean(demo, text)
     return f"""# Restore runbook
@@ -214,6 +227,26 @@ The note written after the backup ("garbage from the faulty upgrade") is gone, a
 | `did not become healthy` | data is back but the app does not start on it | `docker compose logs app`; if the schema is newer, roll back the release too |
 | `the target project has no volume ...` | the compose file changed since the backup | restore with the compose files of the release the set was taken under |
 | a second run says `changed: false` | the app still holds exactly what the last restore put there | nothing; add `force: true` to restore anyway |
+
+## Without the collection
+
+If Ansible or the collection cannot run on the host, every file archive of a set is a plain
+pax tar that the stock tools extract exactly: owners, modes, nanosecond times, symlinks as
+they were, xattrs, POSIX ACLs, file capabilities and sparse files. This was run on the set
+above with GNU tar:
+
+```console
+$ mkdir /tmp/uploads
+$ {c(fidelity.BY_HAND["gnu tar"].format(archive=f"{demo.store}/{demo.name}/backups/{set_id}/volume-uploads.tar.zst", dest="/tmp/uploads"))}
+$ ls -ln /tmp/uploads
+{c(by_hand).strip()}
+```
+
+bsdtar works too: `{fidelity.BY_HAND["bsdtar"].format(archive="volume-uploads.tar.zst", dest="/tmp/uploads")}`.
+Neither tool creates paths longer than 4,096 bytes ("File name too long"); the restore module
+does. Database items are dumps: `zstd -dc database-db-notes.sql.zst` is plain SQL for `psql`.
+Check an extracted tree against the set before using it: `selfhost.rollback.backup_verify`
+reads the same archive and compares every file's sha256 with the manifest.
 
 ## Rehearse it (drill)
 
