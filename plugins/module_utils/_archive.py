@@ -356,25 +356,110 @@ def _data_segments(fd: int, size: int) -> list[tuple[int, int]] | None:
     return segments
 
 
+def _pax_record(keyword: bytes, value: bytes) -> bytes:
+    """One ``"<length> <keyword>=<value>\n"`` record; the length counts its own digits."""
+    size = len(keyword) + len(value) + 3
+    length = size + len(str(size))
+    if len(str(length)) != len(str(size)):
+        length = size + len(str(length))
+    return b"%d %s=%s\n" % (length, keyword, value)
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+USTAR_MAX = {8: 8 ** 7, 12: 8 ** 11}
+PAX_HEADER_NAME = b"././@PaxHeader"
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: bytes) -> bytes:
+    block = bytearray(BLOCK)
+    block[0:len(name[:100])] = name[:100]
+    block[100:108] = _octal(mode, 8)
+    block[108:116] = _octal(uid, 8)
+    block[116:124] = _octal(gid, 8)
+    block[124:136] = _octal(size, 12)
+    block[136:148] = _octal(mtime, 12)
+    block[148:156] = b"        "
+    block[156:157] = kind
+    block[157:157 + len(link[:100])] = link[:100]
+    block[257:265] = b"ustar\x0000"
+    block[329:337] = _octal(0, 8)
+    block[337:345] = _octal(0, 8)
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def tar_header(name: str, mode: int, uid: int, gid: int, size: int, mtime_ns: int, kind: bytes,
+               link: str = "", records: dict[str, str] | None = None) -> bytes:
+    """A member's header blocks as GNU tar writes them in the pax format: an extended header with
+    the records that the ustar fields cannot hold (long or non-ASCII names, sub-second or large
+    numbers, xattrs and ACLs), then the ustar header. Hand-built: tarfile's writer costs more than
+    the data's own hashing on a tree of small files."""
+    pax: dict[str, str] = dict(records or {})
+    raw_name = name.encode(ENCODING, ERRORS)
+    raw_link = link.encode(ENCODING, ERRORS)
+    if len(raw_name) > 100 or not name.isascii():
+        pax["path"] = name
+    if len(raw_link) > 100 or not link.isascii():
+        pax["linkpath"] = link
+    seconds, fraction = divmod(mtime_ns, NS)
+    if fraction and "mtime" not in pax:
+        pax["mtime"] = pax_mtime(mtime_ns)
+    for key, value, width in (("uid", uid, 8), ("gid", gid, 8), ("size", size, 12), ("mtime", seconds, 12)):
+        if not 0 <= value < USTAR_MAX[width]:
+            pax.setdefault(key, pax_mtime(mtime_ns) if key == "mtime" else str(value))
+    ustar = _ustar(raw_name if raw_name.isascii() else name.encode("ascii", "replace"), mode,
+                   uid if 0 <= uid < USTAR_MAX[8] else 0, gid if 0 <= gid < USTAR_MAX[8] else 0,
+                   size if size < USTAR_MAX[12] else 0, seconds if 0 <= seconds < USTAR_MAX[12] else 0, kind,
+                   raw_link if raw_link.isascii() else link.encode("ascii", "replace"))
+    if not pax:
+        return ustar
+    encoded = []
+    binary = False
+    for key, value in pax.items():
+        try:
+            encoded.append((key.encode(ENCODING), value.encode(ENCODING, "strict")))
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (a name, an xattr value): kept as they are
+            binary = True
+            encoded.append((key.encode(ENCODING), value.encode(ENCODING, ERRORS)))
+    body = (_pax_record(b"hdrcharset", b"BINARY") if binary else b"") + b"".join(_pax_record(k, v) for k, v in encoded)
+    extended = _ustar(PAX_HEADER_NAME, 0o644, 0, 0, len(body), 0, tarfile.XHDTYPE, b"")
+    return extended + body + bytes(-len(body) % BLOCK) + ustar
+
+
+SMALL = 64 * 1024  # files up to this size are read in one call and sent with their header
+
+
 class TreeWriter:
-    """Write a directory as a tar stream to ``out`` and build its ``files`` map in the same pass."""
+    """Write a directory as a tar stream to ``out`` and build its ``files`` map in the same pass.
+
+    Headers and small files are gathered in one buffer and handed to ``out`` a megabyte at a
+    time; larger files go through in chunks. Every file's sha256 is taken on the way.
+    """
 
     def __init__(self, out: t.Any, buffer_size: int = CHUNK) -> None:
         self.out = out
         self.buffer = bytearray(buffer_size)
         self.view = memoryview(self.buffer)
         self.zeros = bytes(buffer_size)
+        self.pending = bytearray()
         self.files: dict[str, dict[str, t.Any]] = {}
         self.skipped: list[dict[str, str]] = []
         self.raw_bytes = 0
         self.written = 0
 
     def _emit(self, data: t.Any) -> None:
-        self.out.write(data)
-        self.written += len(data)
+        self.pending += data
+        if len(self.pending) >= CHUNK:
+            self._flush()
 
-    def _header(self, info: tarfile.TarInfo) -> None:
-        self._emit(info.tobuf(tarfile.PAX_FORMAT, ENCODING, ERRORS))
+    def _flush(self) -> None:
+        if self.pending:
+            self.out.write(self.pending)
+            self.written += len(self.pending)
+            self.pending = bytearray()
 
     def _pad(self, size: int) -> None:
         remainder = size % BLOCK
@@ -387,82 +472,79 @@ class TreeWriter:
         for node in walk(root):
             self._entry(node, hardlinks)
         self._emit(bytes(2 * BLOCK))
+        self._flush()
         return self.files
 
     def _entry(self, node: Node, hardlinks: dict[tuple[int, int], str]) -> None:
         st, relpath = node.st, node.rel
-        info = tarfile.TarInfo(relpath)
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.uname = info.gname = ""
-        info.mtime = st.st_mtime_ns // NS
-        record: dict[str, t.Any] = {"mode": mode_string(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-                                    "mtime": st.st_mtime_ns}
-        records: dict[str, str] = {}
-        if st.st_mtime_ns % NS:
-            records["mtime"] = pax_mtime(st.st_mtime_ns)
+        mode = stat.S_IMODE(st.st_mode)
+        record: dict[str, t.Any] = {"mode": mode_string(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
         fmt = stat.S_IFMT(st.st_mode)
         if fmt == stat.S_IFREG and st.st_nlink > 1 and (st.st_dev, st.st_ino) in hardlinks:
-            info.type = tarfile.LNKTYPE  # the inode's metadata travels with its first name
-            info.linkname = hardlinks[(st.st_dev, st.st_ino)]
-            record = {"mode": record["mode"], "uid": st.st_uid, "gid": st.st_gid, "type": TYPE_HARDLINK,
-                      "link": info.linkname}
-            info.pax_headers = records
-            self._header(info)
+            link = hardlinks[(st.st_dev, st.st_ino)]  # the inode's metadata travels with its first name
+            record.update(type=TYPE_HARDLINK, link=link)
+            self._emit(tar_header(relpath, mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns, tarfile.LNKTYPE, link))
             self.files[relpath] = record
             return
         if fmt not in (stat.S_IFDIR, stat.S_IFLNK, stat.S_IFREG, stat.S_IFIFO):
             self.skipped.append({"path": relpath, "reason": "sockets and device files are not captured"})
             return
-        xattrs = xattr_records(read_xattrs(at(node)))
-        if xattrs:
-            records.update(xattrs)
-            record["xattrs"] = xattrs_digest(xattrs)
-        info.pax_headers = records
+        record["mtime"] = st.st_mtime_ns
+        if fmt == stat.S_IFREG:
+            if st.st_nlink > 1:
+                hardlinks[(st.st_dev, st.st_ino)] = relpath
+            record["type"] = TYPE_FILE
+            self._file(node, mode, record)
+            self.files[relpath] = record
+            return
+        records = xattr_records(read_xattrs(at(node)))
+        if records:
+            record["xattrs"] = xattrs_digest(records)
         if fmt == stat.S_IFDIR:
-            info.type = tarfile.DIRTYPE
             record["type"] = TYPE_DIR
-            self._header(info)
+            self._emit(tar_header(relpath, mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns, tarfile.DIRTYPE, "", records))
         elif fmt == stat.S_IFLNK:
             try:
                 target = os.readlink(node.name, dir_fd=node.dir_fd)
             except OSError as exc:
                 raise ArchiveError(f"cannot read the symlink {self._shown(relpath)}: {exc.strerror}") from exc
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
             record.update(type=TYPE_SYMLINK, link=target)
-            self._header(info)
-        elif fmt == stat.S_IFREG:
-            if st.st_nlink > 1:
-                hardlinks[(st.st_dev, st.st_ino)] = relpath
-            record.update(type=TYPE_FILE)
-            self._file(node, info, record)
+            self._emit(tar_header(relpath, mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns, tarfile.SYMTYPE, target, records))
         else:
-            info.type = tarfile.FIFOTYPE
             record["type"] = TYPE_FIFO
-            self._header(info)
+            self._emit(tar_header(relpath, mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns, tarfile.FIFOTYPE, "", records))
         self.files[relpath] = record
 
     def _shown(self, relpath: str) -> str:
         return os.path.join(self.root, relpath)
 
-    def _file(self, node: Node, info: tarfile.TarInfo, record: dict[str, t.Any]) -> None:
+    def _file(self, node: Node, mode: int, record: dict[str, t.Any]) -> None:
         st, relpath = node.st, node.rel
         size = st.st_size
         fd = _open_for_reading(node, self._shown(relpath))
         try:
-            segments = None
-            if size > BLOCK and st.st_blocks * 512 < size:
-                segments = _data_segments(fd, size)
+            records = xattr_records(read_xattrs(fd))
+            if records:
+                record["xattrs"] = xattrs_digest(records)
             hasher = hashlib.sha256()
+            segments = _data_segments(fd, size) if size > BLOCK and st.st_blocks * 512 < size else None
             if segments is not None:
                 record["sparse"] = True
-                self._sparse(fd, relpath, size, segments, info, hasher)
+                self._sparse(fd, node, mode, segments, records, hasher)
             else:
-                info.type = tarfile.REGTYPE
-                info.size = size
-                self._header(info)
-                self._copy(fd, relpath, size, hasher)
+                header = tar_header(relpath, mode, st.st_uid, st.st_gid, size, st.st_mtime_ns, tarfile.REGTYPE, "", records)
+                if size <= SMALL:
+                    data = os.read(fd, size)
+                    if len(data) < size:  # the file shrank while being read: keep the stream well-formed
+                        self.skipped.append({"path": relpath, "reason": "file shrank while being read; padded with zeros"})
+                        data += bytes(size - len(data))
+                    hasher.update(data)
+                    self._emit(header)
+                    self._emit(data)
+                else:
+                    self._emit(header)
+                    self._flush()
+                    self._copy(fd, relpath, size, hasher)
                 self._pad(size)
         finally:
             os.close(fd)
@@ -471,6 +553,7 @@ class TreeWriter:
         self.raw_bytes += size
 
     def _copy(self, fd: int, relpath: str, size: int, hasher: t.Any) -> None:
+        """Stream ``size`` bytes of ``fd`` straight to ``out`` (the pending buffer is flushed)."""
         remaining = size
         view, out = self.view, self.out
         while remaining > 0:
@@ -489,21 +572,22 @@ class TreeWriter:
             remaining -= count
         self.written += size
 
-    def _sparse(self, fd: int, relpath: str, size: int, segments: list[tuple[int, int]],
-                info: tarfile.TarInfo, hasher: t.Any) -> None:
+    def _sparse(self, fd: int, node: Node, mode: int, segments: list[tuple[int, int]], records: dict[str, str],
+                hasher: t.Any) -> None:
+        st, relpath = node.st, node.rel
+        size = st.st_size
         mapped = list(segments)
         if not mapped or mapped[-1][0] + mapped[-1][1] < size:
             mapped.append((size, 0))  # a file that ends in a hole: GNU tar sizes the file by its last map entry
         sparse_map = ("%d\n" % len(mapped) + "".join("%d\n%d\n" % seg for seg in mapped)).encode()
         sparse_map += bytes(-len(sparse_map) % BLOCK)
         data_size = sum(length for _offset, length in segments)
-        info.name = SPARSE_PLACEHOLDER
-        info.type = tarfile.REGTYPE
-        info.size = len(sparse_map) + data_size
-        info.pax_headers = dict(info.pax_headers, **{"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
-                                                      "GNU.sparse.name": relpath, "GNU.sparse.realsize": str(size)})
-        self._header(info)
+        records = dict(records, **{"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                   "GNU.sparse.name": relpath, "GNU.sparse.realsize": str(size)})
+        self._emit(tar_header(SPARSE_PLACEHOLDER, mode, st.st_uid, st.st_gid, len(sparse_map) + data_size,
+                              st.st_mtime_ns, tarfile.REGTYPE, "", records))
         self._emit(sparse_map)
+        self._flush()
         position = 0
         for offset, length in segments:
             self._hash_zeros(hasher, offset - position)
