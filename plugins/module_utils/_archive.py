@@ -72,7 +72,7 @@ def pax_mtime(ns: int) -> str:
     return "%d.%09d" % (seconds, fraction)
 
 
-def member_mtime_ns(member: tarfile.TarInfo) -> int:
+def member_mtime_ns(member: t.Any) -> int:
     """A member's mtime in nanoseconds, read from the pax record's text (tarfile keeps only a float)."""
     text = member.pax_headers.get("mtime")
     if text:
@@ -307,7 +307,7 @@ def link_target_inside(member_name: str, target: str) -> bool:
     return True
 
 
-def check_member(member: tarfile.TarInfo, symlinks: set[str], regular: set[str]) -> str:
+def check_member(member: t.Any, symlinks: set[str], regular: set[str]) -> str:
     """Check one member against the extraction rules; return its normalized name.
 
     ``symlinks`` and ``regular`` are the names seen so far in the archive: no member may
@@ -644,12 +644,234 @@ class HashingReader:
         return _digest(self.hasher)
 
 
-def _open_stream(stream: t.Any) -> tarfile.TarFile:
-    return tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK, encoding=ENCODING, errors=ERRORS,
-                        copybufsize=CHUNK)
+class Member:
+    """One member as read from a stream, with the names tarfile's TarInfo uses for the same things."""
+
+    __slots__ = ("name", "type", "mode", "uid", "gid", "size", "mtime", "linkname", "pax_headers", "sparse",
+                 "stored")
+
+    def __init__(self) -> None:
+        self.pax_headers: dict[str, str] = {}
+        self.sparse: list[tuple[int, int]] | None = None
+        self.linkname = ""
+
+    def isreg(self) -> bool:
+        return self.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+
+    def isdir(self) -> bool:
+        return self.type == tarfile.DIRTYPE
+
+    def issym(self) -> bool:
+        return self.type == tarfile.SYMTYPE
+
+    def islnk(self) -> bool:
+        return self.type == tarfile.LNKTYPE
+
+    def isfifo(self) -> bool:
+        return self.type == tarfile.FIFOTYPE
+
+    def ischr(self) -> bool:
+        return self.type == tarfile.CHRTYPE
+
+    def isblk(self) -> bool:
+        return self.type == tarfile.BLKTYPE
 
 
-def describe_member(member: tarfile.TarInfo, name: str) -> dict[str, t.Any]:
+def _field(block: bytes, start: int, length: int) -> bytes:
+    raw = block[start:start + length]
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def _number(block: bytes, start: int, length: int) -> int:
+    raw = block[start:start + length]
+    if raw[0] & 0x80:  # GNU base-256, for numbers octal cannot hold
+        value = int.from_bytes(raw[1:], "big")
+        return value - (1 << (8 * (length - 1))) if raw[0] & 0x40 else value
+    text = raw.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError as exc:
+        raise ArchiveError(f"the archive cannot be read: a header field holds {text!r}") from exc
+
+
+# links, directories and special files carry no data, whatever their size field says
+NO_DATA = (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE)
+
+
+class TarReader:
+    """Members of a pax/ustar tar stream, read in large pieces and parsed in place.
+
+    It reads what ``TreeWriter`` writes (and what GNU tar and Python's tarfile write in the pax
+    format): ustar headers, pax extended headers, GNU 1.0 sparse files. Anything else is read as
+    a member of an unsupported type, which the extraction rules refuse. Member data is handed out
+    chunk by chunk (``chunks``) and skipped when the caller does not ask for it.
+    """
+
+    def __init__(self, raw: t.Any) -> None:
+        self.raw = raw
+        self.buf: t.Any = b""
+        self.pos = 0
+        self.unread = 0  # data (and padding) of the last member still to skip
+        self.done = False
+
+    def _refill(self) -> bool:
+        self.buf = self.raw.read(CHUNK)
+        self.pos = 0
+        return bool(self.buf)
+
+    def _take(self, count: int) -> bytes:
+        if len(self.buf) - self.pos >= count:
+            piece = self.buf[self.pos:self.pos + count]
+            self.pos += count
+            return bytes(piece)
+        parts = []
+        while count:
+            if self.pos >= len(self.buf) and not self._refill():
+                break
+            piece = self.buf[self.pos:self.pos + count]
+            self.pos += len(piece)
+            count -= len(piece)
+            parts.append(bytes(piece))
+        return b"".join(parts)
+
+    def _skip(self, count: int) -> None:
+        while count:
+            if self.pos >= len(self.buf) and not self._refill():
+                raise ArchiveError("the archive cannot be read: it ends inside a member")
+            step = min(count, len(self.buf) - self.pos)
+            self.pos += step
+            count -= step
+
+    def chunks(self, count: int) -> t.Iterator[memoryview]:
+        """The next ``count`` bytes of the current member's data, as views into the read buffer."""
+        self.unread -= count
+        while count:
+            if self.pos >= len(self.buf) and not self._refill():
+                raise ArchiveError("the archive cannot be read: it ends inside a file")
+            step = min(count, len(self.buf) - self.pos)
+            yield memoryview(self.buf)[self.pos:self.pos + step]
+            self.pos += step
+            count -= step
+
+    def __iter__(self) -> t.Iterator[Member]:
+        return self
+
+    def __next__(self) -> Member:
+        if self.unread:
+            self._skip(self.unread)
+            self.unread = 0
+        if self.done:
+            raise StopIteration
+        records: dict[str, str] = {}
+        while True:
+            block = self._take(BLOCK)
+            if not block or block == bytes(BLOCK):  # the end-of-archive blocks (or the end of the stream)
+                self.done = True
+                raise StopIteration
+            if len(block) < BLOCK:
+                raise ArchiveError("the archive cannot be read: it ends inside a header")
+            stored = _number(block, 148, 8)
+            computed = sum(block[:148]) + 256 + sum(block[156:])
+            if stored != computed:
+                raise ArchiveError("the archive cannot be read: a header's checksum is wrong")
+            kind = block[156:157]
+            size = _number(block, 124, 12)
+            if kind in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+                body = self._take(size)
+                self._skip(-size % BLOCK)
+                if kind == tarfile.XHDTYPE:  # global headers hold nothing this reader uses
+                    records.update(_parse_pax(body))
+                continue
+            return self._member(block, kind, size, records)
+
+    def _member(self, block: bytes, kind: bytes, size: int, records: dict[str, str]) -> Member:
+        member = Member()
+        name = _field(block, 0, 100)
+        if block[257:263] in (b"ustar\0", b"ustar ") and block[345]:
+            name = _field(block, 345, 155) + b"/" + name
+        member.type = kind
+        member.name = records.get("path") or name.decode(ENCODING, ERRORS)
+        member.linkname = records.get("linkpath") or _field(block, 157, 100).decode(ENCODING, ERRORS)
+        member.mode = _number(block, 100, 8) & 0o7777
+        member.uid = int(records["uid"]) if "uid" in records else _number(block, 108, 8)
+        member.gid = int(records["gid"]) if "gid" in records else _number(block, 116, 8)
+        member.size = int(records["size"]) if "size" in records else size
+        member.mtime = _number(block, 136, 12)
+        member.pax_headers = records
+        member.stored = member.size
+        if records.get("GNU.sparse.major") == "1" and records.get("GNU.sparse.minor") == "0":
+            self._sparse_map(member, records)
+        elif kind in NO_DATA:
+            member.stored = 0
+        self.unread = member.stored + (-member.stored % BLOCK)
+        return member
+
+    def _sparse_map(self, member: Member, records: dict[str, str]) -> None:
+        """GNU 1.0: the map ("count\n" then "offset\nlength\n" pairs) fills whole blocks before the data."""
+        total = member.size + (-member.size % BLOCK)
+        text = b""
+        numbers: list[int] = []
+        used = 0
+        while True:
+            block = self._take(BLOCK)
+            used += BLOCK
+            if len(block) < BLOCK or used > total:
+                raise ArchiveError(f"the archive cannot be read: the sparse map of {member.name!r} is cut short")
+            text += block
+            lines = text.split(b"\n")
+            try:
+                numbers = [int(line) for line in lines[:-1]]
+            except ValueError as exc:
+                raise ArchiveError(f"the archive cannot be read: the sparse map of {member.name!r} is damaged") from exc
+            if numbers and len(numbers) >= 1 + 2 * numbers[0]:
+                break
+        count = numbers[0]
+        member.sparse = list(zip(numbers[1:1 + 2 * count:2], numbers[2:2 + 2 * count:2]))
+        member.name = records.get("GNU.sparse.name") or member.name
+        member.stored = member.size - used  # what follows the map: the data segments, one after another
+        member.size = int(records.get("GNU.sparse.realsize") or member.stored)
+
+    def content(self, member: Member, zeros: bytes) -> t.Iterator[t.Any]:
+        """A regular member's content as chunks, holes of a sparse file as zeros."""
+        if member.sparse is None:
+            yield from self.chunks(member.stored)
+            return
+        position = 0
+        for offset, length in member.sparse:
+            yield from _zeros(offset - position, zeros)
+            yield from self.chunks(length)
+            position = offset + length
+        yield from _zeros(member.size - position, zeros)
+
+
+def _zeros(count: int, zeros: bytes) -> t.Iterator[bytes]:
+    while count > 0:
+        piece = min(count, len(zeros))
+        yield zeros[:piece]
+        count -= piece
+
+
+def _parse_pax(body: bytes) -> dict[str, str]:
+    """Pax records as text; values that are not UTF-8 keep their bytes (surrogateescape), as tarfile does."""
+    records: dict[str, str] = {}
+    position = 0
+    while position < len(body) and body[position:position + 1] not in (b"\0", b""):
+        space = body.find(b" ", position)
+        try:
+            length = int(body[position:space])
+        except ValueError as exc:
+            raise ArchiveError("the archive cannot be read: a pax record is damaged") from exc
+        record = body[space + 1:position + length - 1]  # without the trailing newline
+        keyword, equals, value = record.partition(b"=")
+        if not equals or length <= 0:
+            raise ArchiveError("the archive cannot be read: a pax record is damaged")
+        records[keyword.decode(ENCODING, ERRORS)] = value.decode(ENCODING, ERRORS)
+        position += length
+    return records
+
+
+def describe_member(member: Member, name: str) -> dict[str, t.Any]:
     record: dict[str, t.Any] = {"mode": mode_string(member.mode), "uid": member.uid, "gid": member.gid}
     if member.islnk():
         record.update(type=TYPE_HARDLINK, link=normalize_member_name(member.linkname))
@@ -694,29 +916,23 @@ def verify_stream(stream: t.Any, files: dict[str, dict[str, t.Any]], limit: int 
     """Read a tar stream and compare every member (and every file's sha256) with ``files``."""
     problems: list[str] = []
     seen: set[str] = set()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
+    zeros = bytes(CHUNK)
     try:
-        with _open_stream(stream) as archive:
-            for member in archive:
-                name = normalize_member_name(member.name)
-                seen.add(name)
-                found = describe_member(member, name)
-                if member.isreg():
-                    source = archive.extractfile(member)
-                    hasher = hashlib.sha256()
-                    if source is not None:
-                        while True:
-                            count = source.readinto(buffer)
-                            if not count:
-                                break
-                            hasher.update(view[:count])
-                    found["sha256"] = _digest(hasher)
-                problems.extend(compare_record(name, files.get(name), found))
-                if len(problems) >= limit:
-                    return problems
-    except (tarfile.TarError, EOFError, OSError, UnsafeMember) as exc:
-        problems.append(f"the archive cannot be read: {exc}")
+        reader = TarReader(stream)
+        for member in reader:
+            name = normalize_member_name(member.name)
+            seen.add(name)
+            found = describe_member(member, name)
+            if member.isreg():
+                hasher = hashlib.sha256()
+                for chunk in reader.content(member, zeros):
+                    hasher.update(chunk)
+                found["sha256"] = _digest(hasher)
+            problems.extend(compare_record(name, files.get(name), found))
+            if len(problems) >= limit:
+                return problems
+    except (ArchiveError, OSError) as exc:
+        problems.append(str(exc) if str(exc).startswith("the archive cannot be read") else f"the archive cannot be read: {exc}")
         return problems
     missing = sorted(set(files) - seen)
     problems.extend(f"{name!r}: in the manifest but not in the archive" for name in missing[:limit])
@@ -728,19 +944,13 @@ def check_stream(stream: t.Any) -> int:
     symlinks: set[str] = set()
     regular: set[str] = set()
     count = 0
-    try:
-        with _open_stream(stream) as archive:
-            for member in archive:
-                name = check_member(member, symlinks, regular)
-                if member.issym():
-                    symlinks.add(name)
-                elif member.isreg():
-                    regular.add(name)
-                count += 1
-    except UnsafeMember:
-        raise
-    except (tarfile.TarError, EOFError) as exc:
-        raise ArchiveError(f"the archive cannot be read: {exc}") from exc
+    for member in TarReader(stream):
+        name = check_member(member, symlinks, regular)
+        if member.issym():
+            symlinks.add(name)
+        elif member.isreg():
+            regular.add(name)
+        count += 1
     return count
 
 
@@ -761,7 +971,7 @@ class _Extractor:
     def __init__(self, dest: str) -> None:
         self.dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.chain: list[tuple[str, int]] = []  # the open directories of the last member's parent
-        self.directories: list[tuple[str, tarfile.TarInfo]] = []
+        self.directories: list[tuple[str, Member]] = []
         self.not_restored: list[dict[str, str]] = []
         self.not_restored_total = 0
 
@@ -812,7 +1022,7 @@ class _Extractor:
             fd = child
         return fd
 
-    def member(self, archive: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+    def member(self, reader: TarReader, member: Member, name: str) -> None:
         if name == ".":
             self.directories.append((name, member))
             return
@@ -830,7 +1040,7 @@ class _Extractor:
             return
         self._clear(fd, leaf)
         if member.isreg():
-            self._file(archive, member, fd, leaf, name)
+            self._file(reader, member, fd, leaf, name)
         elif member.issym():
             os.symlink(member.linkname, leaf, dir_fd=fd)
             self._attributes(member, name, path=(fd, leaf), symlink=True)
@@ -856,26 +1066,22 @@ class _Extractor:
         else:
             os.unlink(leaf, dir_fd=fd)
 
-    def _file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, parent: int, leaf: str, name: str) -> None:
+    def _file(self, reader: TarReader, member: Member, parent: int, leaf: str, name: str) -> None:
         fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
-            # the member's data is read straight from the stream: in the sparse layout it holds the
-            # data segments one after another, written back at their offsets so holes stay holes
-            stream = archive.fileobj
-            stream.seek(member.offset_data)
-            if member.sparse is not None:
+            if member.sparse is not None:  # data segments written back at their offsets: holes stay holes
                 for offset, length in member.sparse:
                     if length:
                         os.lseek(fd, offset, os.SEEK_SET)
-                        _copy_into(stream, fd, length)
+                        _write_all(fd, reader.chunks(length))
                 os.ftruncate(fd, member.size)
             else:
-                _copy_into(stream, fd, member.size)
+                _write_all(fd, reader.chunks(member.stored))
             self._attributes(member, name, fd=fd)
         finally:
             os.close(fd)
 
-    def _attributes(self, member: tarfile.TarInfo, name: str, fd: int | None = None,
+    def _attributes(self, member: Member, name: str, fd: int | None = None,
                     path: tuple[int, str] | None = None, symlink: bool = False) -> None:
         """Owner, then xattrs and ACLs (a chown would clear file capabilities), then mode, then times."""
         try:
@@ -924,16 +1130,10 @@ class _Extractor:
                 os.close(fd)
 
 
-def _copy_into(stream: t.Any, fd: int, size: int) -> None:
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(min(remaining, CHUNK))
-        if not chunk:
-            raise ArchiveError("the archive ends inside a file")
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
-        remaining -= len(chunk)
+def _write_all(fd: int, chunks: t.Iterable[memoryview]) -> None:
+    for chunk in chunks:
+        while chunk:
+            chunk = chunk[os.write(fd, chunk):]
 
 
 def extract_stream(stream: t.Any, dest: str) -> Extracted:
@@ -950,22 +1150,18 @@ def extract_stream(stream: t.Any, dest: str) -> Extracted:
     regular: set[str] = set()
     count = 0
     try:
-        with _open_stream(stream) as archive:
-            for member in archive:
-                name = check_member(member, symlinks, regular)
-                if member.islnk():
-                    member.linkname = normalize_member_name(member.linkname)
-                extractor.member(archive, member, name)
-                if member.issym():
-                    symlinks.add(name)
-                elif member.isreg():
-                    regular.add(name)
-                count += 1
-            extractor.finish()
-    except UnsafeMember:
-        raise
-    except (tarfile.TarError, EOFError) as exc:
-        raise ArchiveError(f"the archive cannot be read: {exc}") from exc
+        reader = TarReader(stream)
+        for member in reader:
+            name = check_member(member, symlinks, regular)
+            if member.islnk():
+                member.linkname = normalize_member_name(member.linkname)
+            extractor.member(reader, member, name)
+            if member.issym():
+                symlinks.add(name)
+            elif member.isreg():
+                regular.add(name)
+            count += 1
+        extractor.finish()
     finally:
         extractor.close()
     return Extracted(count, extractor.not_restored, extractor.not_restored_total)

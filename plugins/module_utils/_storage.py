@@ -268,6 +268,7 @@ class ArchiveSource:
             self.stream = self._reader
             return
         self._proc = subprocess.Popen(decompressor_argv(item["compression"], path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        widen_pipe(self._proc.stdout.fileno())
         self.stream = self._proc.stdout
         if item.get("sha256"):  # sets written before the compressor's own checksum was relied on
             self._thread = threading.Thread(target=self._hash_file, args=(path,), daemon=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import stat
 import tarfile
 import time
@@ -172,3 +173,42 @@ def test_changes_since_a_set_are_read_from_the_tree_without_reading_files(tmp_pa
     changes = _archive.changes_since(expected, str(tmp_path), taken)
     assert (changes["added"], changes["changed"], changes["removed"]) == (1, 1, 1), changes
     assert changes["examples"] == ["gone.txt", "grown.txt", "new.txt"]
+
+
+def test_a_cut_or_damaged_stream_is_named_not_read_as_less(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(300_000))
+    buffer = io.BytesIO()
+    writer = _archive.write_tree(str(src), buffer)
+    data = buffer.getvalue()
+    cut = _archive.verify_stream(io.BytesIO(data[:len(data) // 2]), writer.files)
+    assert cut and "ends inside" in cut[0], cut
+    damaged = bytearray(data)
+    damaged[data.index(b"big.bin") + 100] ^= 0x01  # the mode field of the file's ustar header
+    problems = _archive.verify_stream(io.BytesIO(bytes(damaged)), writer.files)
+    assert problems and "checksum is wrong" in problems[0], problems
+    with pytest.raises(_archive.ArchiveError, match="ends inside"):
+        _archive.extract_stream(io.BytesIO(data[:len(data) // 2]), str(tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners round-trip only as root")
+def test_what_gnu_tar_writes_is_read_exactly(tmp_path):
+    """The reader is not tied to our writer: GNU tar's own pax archives (sparse 1.0, long names) read the same."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / ("n" * 150)).mkdir(parents=True)
+    (src / ("n" * 150) / ("f" * 120)).write_text("long names\n")
+    with open(src / "holes.img", "wb") as handle:
+        handle.write(b"head")
+        handle.truncate(8 * 1024 * 1024)
+    os.symlink("/elsewhere", src / "abs-link")
+    archive = tmp_path / "gnu.tar"
+    subprocess.run(["tar", "--format=posix", "--sparse", "--sparse-version=1.0", "-C", str(src), "-cf", str(archive), "."],
+                   check=True, capture_output=True)
+    dest.mkdir()
+    with open(archive, "rb") as handle:
+        _archive.extract_stream(handle, str(dest))
+    expected, found = _archive.scan_tree(str(src)), _archive.scan_tree(str(dest))
+    assert {k: {f: v for f, v in r.items() if f != "mtime"} for k, r in found.items()} == \
+           {k: {f: v for f, v in r.items() if f != "mtime"} for k, r in expected.items()}
+    assert os.stat(dest / "holes.img").st_blocks * 512 < 1024 * 1024
