@@ -1,66 +1,55 @@
 # Copyright: selfhost.rollback contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""File-data archives of backup sets (private to the collection).
+"""File-data archives of backup sets: the tar stream (private to the collection).
 
-One pass over a directory writes a POSIX (pax) tar stream and records, for every
-member, its type, mode, owner, size, mtime (nanoseconds), extended attributes and
-sha256: the manifest's ``files`` map. The stream is what GNU tar and bsdtar write and
-read: sub-second mtimes in the ``mtime`` record, extended attributes (file capabilities
-included) as ``SCHILY.xattr.*``, POSIX ACLs as ``SCHILY.acl.access`` / ``.default``,
-sparse files in the GNU 1.0 layout (holes stay holes, a final hole is mapped), hard
-links as links, symlinks verbatim whatever they point at.
+One pass over a directory (``_tree.walk``) writes a POSIX (pax) tar stream and records, for
+every member, its type, mode, owner, size, mtime (nanoseconds), extended attributes and sha256:
+the manifest's ``files`` map. The stream is what GNU tar and bsdtar write and read: sub-second
+mtimes in the ``mtime`` record, extended attributes (file capabilities included) as
+``SCHILY.xattr.*``, POSIX ACLs as ``SCHILY.acl.access`` / ``.default``, sparse files in the GNU
+1.0 layout (holes stay holes, a final hole is mapped), hard links as links, symlinks verbatim
+whatever they point at. ``TarReader`` reads the same format back, for verification
+(``verify_stream``), the extraction rules (``check_stream``) and extraction (``_extract``).
 
-Everything on disk is reached through directory file descriptors (``walk`` and the
-extractor), so paths longer than PATH_MAX work, and nothing is ever followed: a
-symlink is read and written as a link, and no member is written through one.
-
-Only the standard library is used, so these functions are unit-testable and the
-benchmark calls the same code the modules run.
+Only the standard library is used, so these functions are unit-testable and the benchmark
+calls the same code the modules run.
 """
 
 from __future__ import annotations
 
-import errno
-import grp
 import hashlib
 import os
 import posixpath
-import pwd
 import stat
-import struct
 import tarfile
 import typing as t
 
+from ansible_collections.selfhost.rollback.plugins.module_utils._tree import (
+    CHUNK,
+    ENCODING,
+    ERRORS,
+    NS,
+    TYPE_DIR,
+    TYPE_FIFO,
+    TYPE_FILE,
+    TYPE_HARDLINK,
+    TYPE_SYMLINK,
+    ArchiveError,
+    Node,
+    at,
+    digest_text,
+    mode_string,
+    open_for_reading,
+    read_xattrs,
+    walk,
+    xattr_records,
+    xattrs_digest,
+)
+
 BLOCK = 512
-CHUNK = 1024 * 1024
-NS = 1_000_000_000
-ENCODING = "utf-8"
-ERRORS = "surrogateescape"  # names and values that are not UTF-8 round-trip byte for byte
 SPARSE_PLACEHOLDER = "GNUSparseFile.0/sparse"
-
-TYPE_FILE = "file"
-TYPE_DIR = "dir"
-TYPE_SYMLINK = "symlink"
-TYPE_HARDLINK = "hardlink"
-TYPE_FIFO = "fifo"
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class ArchiveError(Exception):
-    """An archive that cannot be written or read; the message is for the operator."""
-
-
 class UnsafeMember(ArchiveError):
     """A member that would land outside the target, or a device file."""
-
-
-def _digest(hasher: t.Any) -> str:
-    return "sha256:" + hasher.hexdigest()
-
-
-def mode_string(mode: int) -> str:
-    return "%04o" % stat.S_IMODE(mode)
 
 
 # --------------------------------------------------------------------------- metadata: mtimes, xattrs, ACLs
@@ -84,191 +73,6 @@ def member_mtime_ns(member: t.Any) -> int:
         except ValueError:
             pass
     return int(member.mtime) * NS
-
-
-ACL_ACCESS = "system.posix_acl_access"
-ACL_DEFAULT = "system.posix_acl_default"
-PAX_ACL = {ACL_ACCESS: "SCHILY.acl.access", ACL_DEFAULT: "SCHILY.acl.default"}
-PAX_XATTR = "SCHILY.xattr."
-ACL_TAGS = {0x01: "user", 0x02: "user", 0x04: "group", 0x08: "group", 0x10: "mask", 0x20: "other"}
-ACL_TAG_OF = {("user", False): 0x01, ("user", True): 0x02, ("group", False): 0x04, ("group", True): 0x08,
-              ("mask", False): 0x10, ("other", False): 0x20}
-ACL_UNDEFINED_ID = 0xFFFFFFFF
-
-
-def acl_to_text(blob: bytes) -> str:
-    """The kernel's binary POSIX ACL (an xattr value) as the text GNU tar and bsdtar store, ids numeric."""
-    if len(blob) < 4 or (len(blob) - 4) % 8 or struct.unpack_from("<I", blob)[0] != 2:
-        raise ValueError("not a version 2 POSIX ACL")
-    entries = []
-    for offset in range(4, len(blob), 8):
-        tag, perm, qualifier = struct.unpack_from("<HHI", blob, offset)
-        if tag not in ACL_TAGS:
-            raise ValueError(f"unknown ACL tag {tag:#x}")
-        perms = ("r" if perm & 4 else "-") + ("w" if perm & 2 else "-") + ("x" if perm & 1 else "-")
-        who = str(qualifier) if tag in (0x02, 0x08) else ""
-        entries.append(f"{ACL_TAGS[tag]}:{who}:{perms}")
-    return ",".join(entries)
-
-
-def acl_from_text(text: str) -> bytes:
-    """Text ACL entries (``user:1000:r-x``, commas or newlines, star's trailing id allowed) as the binary xattr."""
-    entries = []
-    for raw in text.replace("\n", ",").split(","):
-        entry = raw.split("#", 1)[0].strip()
-        if not entry:
-            continue
-        fields = entry.split(":")
-        if len(fields) not in (3, 4):
-            raise ValueError(f"ACL entry {entry!r} is not tag:qualifier:perms")
-        tag = {"u": "user", "g": "group", "m": "mask", "o": "other"}.get(fields[0], fields[0])
-        qualifier, perms = fields[1], fields[2]
-        key = (tag, bool(qualifier))
-        if key not in ACL_TAG_OF:
-            raise ValueError(f"ACL entry {entry!r} has an unknown tag")
-        ident = ACL_UNDEFINED_ID
-        if qualifier:
-            if len(fields) == 4 and fields[3].isdigit():
-                ident = int(fields[3])
-            elif qualifier.isdigit():
-                ident = int(qualifier)
-            else:
-                ident = (pwd.getpwnam(qualifier).pw_uid if tag == "user" else grp.getgrnam(qualifier).gr_gid)
-        bits = (4 if "r" in perms else 0) | (2 if "w" in perms else 0) | (1 if "x" in perms else 0)
-        entries.append((ACL_TAG_OF[key], ident, bits))
-    entries.sort(key=lambda e: (e[0], e[1]))  # the kernel wants them by tag, then by id
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, bits, ident) for tag, ident, bits in entries)
-
-
-def read_xattrs(path: t.Any) -> dict[str, bytes]:
-    """Every extended attribute of ``path`` (a path, not followed, or an open fd); none when unsupported."""
-    follow = {} if isinstance(path, int) else {"follow_symlinks": False}
-    try:
-        names = os.listxattr(path, **follow)
-    except OSError:
-        return {}
-    values = {}
-    for name in names:
-        try:
-            values[name] = os.getxattr(path, name, **follow)
-        except OSError:  # removed meanwhile, or not readable: not captured
-            continue
-    return values
-
-
-def xattr_records(xattrs: dict[str, bytes]) -> dict[str, str]:
-    """Extended attributes as pax records: ACLs as SCHILY.acl text, the rest as SCHILY.xattr (bytes kept exactly)."""
-    records = {}
-    for name in sorted(xattrs):
-        value = xattrs[name]
-        if name in PAX_ACL:
-            try:
-                records[PAX_ACL[name]] = acl_to_text(value)
-                continue
-            except ValueError:
-                pass  # not a form we know: kept as raw bytes
-        records[PAX_XATTR + name] = value.decode(ENCODING, ERRORS)
-    return records
-
-
-def record_xattrs(records: t.Mapping[str, str]) -> dict[str, bytes]:
-    """Pax records back to extended attribute names and values (ACL text to the kernel's binary form)."""
-    xattrs = {}
-    for key, value in records.items():
-        if key.startswith(PAX_XATTR):
-            xattrs[key[len(PAX_XATTR):]] = value.encode(ENCODING, ERRORS)
-        elif key == PAX_ACL[ACL_ACCESS]:
-            xattrs[ACL_ACCESS] = acl_from_text(value)
-        elif key == PAX_ACL[ACL_DEFAULT]:
-            xattrs[ACL_DEFAULT] = acl_from_text(value)
-    return xattrs
-
-
-def xattrs_digest(records: t.Mapping[str, str]) -> str | None:
-    """One value for a member's xattrs and ACLs (the manifest compares it); None when it has none."""
-    keys = sorted(k for k in records if k.startswith(PAX_XATTR) or k in PAX_ACL.values())
-    if not keys:
-        return None
-    hasher = hashlib.sha256()
-    for key in keys:
-        hasher.update(key.encode(ENCODING, ERRORS) + b"\0" + records[key].encode(ENCODING, ERRORS) + b"\0")
-    return _digest(hasher)
-
-
-# --------------------------------------------------------------------------- walking a tree by directory fds
-
-
-class Node(t.NamedTuple):
-    """One entry of a tree: its relative path, its name in the directory open as ``dir_fd``, its lstat."""
-
-    rel: str
-    name: str
-    dir_fd: int | None  # None for the root itself, reached by ``name`` (its path)
-    st: os.stat_result
-
-
-def at(node: Node) -> str:
-    """A short path that reaches ``node`` whatever its full length (for calls that take no dir_fd)."""
-    if node.dir_fd is None:
-        return node.name
-    return f"/proc/self/fd/{node.dir_fd}/{node.name}"
-
-
-def walk(root: str) -> t.Iterator[Node]:
-    """Every entry under ``root`` (the root first, as "."), depth first, names sorted, never following a link.
-
-    Directories are opened relative to their parent, so no path ever reaches the kernel longer than
-    one name; a node's ``dir_fd`` stays open until the walk moves past it.
-    """
-    try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ArchiveError(f"{root} is not a directory that can be read: {exc.strerror}") from exc
-    stack: list[tuple[int, str, list[t.Any]]] = []
-    try:
-        yield Node(".", root, None, os.fstat(root_fd))
-        stack.append((root_fd, "", _sorted_entries(root_fd, root)))
-        while stack:
-            fd, prefix, entries = stack[-1]
-            if not entries:
-                os.close(fd)
-                stack.pop()
-                continue
-            entry = entries.pop()
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:  # removed while walking
-                continue
-            rel = prefix + entry.name
-            yield Node(rel, entry.name, fd, st)
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    raise ArchiveError(f"cannot open {os.path.join(root, rel)}: {exc.strerror}") from exc
-                stack.append((child, rel + "/", _sorted_entries(child, os.path.join(root, rel))))
-    finally:
-        for fd, _prefix, _entries in stack:
-            os.close(fd)
-
-
-def _sorted_entries(fd: int, shown: str) -> list[t.Any]:
-    try:
-        with os.scandir(fd) as entries:
-            return sorted(entries, key=lambda e: e.name, reverse=True)  # popped from the end: smallest first
-    except OSError as exc:
-        raise ArchiveError(f"cannot list {shown}: {exc.strerror}") from exc
-
-
-def _open_for_reading(node: Node, shown: str) -> int:
-    try:
-        if node.dir_fd is None:
-            return os.open(node.name, os.O_RDONLY | os.O_CLOEXEC)
-        return os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=node.dir_fd)
-    except OSError as exc:
-        raise ArchiveError(f"cannot read {shown}: {exc.strerror}") from exc
 
 
 # --------------------------------------------------------------------------- rules
@@ -521,7 +325,7 @@ class TreeWriter:
     def _file(self, node: Node, mode: int, record: dict[str, t.Any]) -> None:
         st, relpath = node.st, node.rel
         size = st.st_size
-        fd = _open_for_reading(node, self._shown(relpath))
+        fd = open_for_reading(node, self._shown(relpath))
         try:
             records = xattr_records(read_xattrs(fd))
             if records:
@@ -549,7 +353,7 @@ class TreeWriter:
         finally:
             os.close(fd)
         record["size"] = size
-        record["sha256"] = _digest(hasher)
+        record["sha256"] = digest_text(hasher)
         self.raw_bytes += size
 
     def _copy(self, fd: int, relpath: str, size: int, hasher: t.Any) -> None:
@@ -610,38 +414,7 @@ def write_tree(root: str, out: t.Any) -> TreeWriter:
     return writer
 
 
-def tree_size(root: str) -> int:
-    """Bytes the files under ``root`` occupy (a free-space estimate)."""
-    total = 0
-    for node in walk(root):
-        if stat.S_ISREG(node.st.st_mode):
-            total += min(node.st.st_size, node.st.st_blocks * 512)
-    return total
-
-
 # --------------------------------------------------------------------------- reading
-
-
-class HashingReader:
-    """A read-only file object that hashes everything read through it."""
-
-    def __init__(self, raw: t.Any) -> None:
-        self.raw = raw
-        self.hasher = hashlib.sha256()
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.hasher.update(data)
-        self.count += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-    def digest(self) -> str:
-        return _digest(self.hasher)
 
 
 class Member:
@@ -927,7 +700,7 @@ def verify_stream(stream: t.Any, files: dict[str, dict[str, t.Any]], limit: int 
                 hasher = hashlib.sha256()
                 for chunk in reader.content(member, zeros):
                     hasher.update(chunk)
-                found["sha256"] = _digest(hasher)
+                found["sha256"] = digest_text(hasher)
             problems.extend(compare_record(name, files.get(name), found))
             if len(problems) >= limit:
                 return problems
@@ -954,308 +727,6 @@ def check_stream(stream: t.Any) -> int:
     return count
 
 
-class Extracted(t.NamedTuple):
-    """What an extraction wrote: the member count, and what the target filesystem could not hold."""
-
-    count: int
-    not_restored: list[dict[str, str]]  # {path, what, reason}, at most NOT_RESTORED_LIMIT of them
-    not_restored_total: int
-
-
-NOT_RESTORED_LIMIT = 20
-
-
-class _Extractor:
-    """Writes members under a directory through directory fds: nothing is followed, nothing escapes."""
-
-    def __init__(self, dest: str) -> None:
-        self.dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.chain: list[tuple[str, int]] = []  # the open directories of the last member's parent
-        self.directories: list[tuple[str, Member]] = []
-        self.not_restored: list[dict[str, str]] = []
-        self.not_restored_total = 0
-
-    def close(self) -> None:
-        for _name, fd in self.chain:
-            os.close(fd)
-        self.chain = []
-        os.close(self.dest_fd)
-
-    def _note(self, name: str, what: str, exc: OSError) -> None:
-        self.not_restored_total += 1
-        if len(self.not_restored) < NOT_RESTORED_LIMIT:
-            self.not_restored.append({"path": name, "what": what, "reason": exc.strerror or str(exc)})
-
-    def _open_child(self, fd: int, part: str, create: bool) -> int:
-        try:
-            return os.open(part, DIR_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(part, 0o700, dir_fd=fd)
-            return os.open(part, DIR_FLAGS, dir_fd=fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafeMember(f"{part!r} in the target is not a directory; nothing is written through a link") from exc
-            raise
-
-    def parent(self, parts: list[str]) -> int:
-        """The fd of the directory ``parts`` (relative to the target), reusing what the last member opened."""
-        keep = 0
-        while keep < len(self.chain) and keep < len(parts) and self.chain[keep][0] == parts[keep]:
-            keep += 1
-        for _name, fd in self.chain[keep:]:
-            os.close(fd)
-        del self.chain[keep:]
-        fd = self.chain[-1][1] if self.chain else self.dest_fd
-        for part in parts[keep:]:
-            fd = self._open_child(fd, part, create=True)
-            self.chain.append((part, fd))
-        return fd
-
-    def open_directory(self, parts: list[str]) -> int:
-        """A new fd of an existing directory (the caller closes it); the chain is left alone."""
-        fd = os.dup(self.dest_fd)
-        for part in parts:
-            child = self._open_child(fd, part, create=False)
-            os.close(fd)
-            fd = child
-        return fd
-
-    def member(self, reader: TarReader, member: Member, name: str) -> None:
-        if name == ".":
-            self.directories.append((name, member))
-            return
-        parts = name.split("/")
-        fd = self.parent(parts[:-1])
-        leaf = parts[-1]
-        if member.isdir():
-            try:
-                os.mkdir(leaf, 0o700, dir_fd=fd)
-            except FileExistsError:
-                if not stat.S_ISDIR(os.lstat(leaf, dir_fd=fd).st_mode):
-                    os.unlink(leaf, dir_fd=fd)
-                    os.mkdir(leaf, 0o700, dir_fd=fd)
-            self.directories.append((name, member))
-            return
-        self._clear(fd, leaf)
-        if member.isreg():
-            self._file(reader, member, fd, leaf, name)
-        elif member.issym():
-            os.symlink(member.linkname, leaf, dir_fd=fd)
-            self._attributes(member, name, path=(fd, leaf), symlink=True)
-        elif member.islnk():
-            target = normalize_member_name(member.linkname).split("/")
-            source = self.open_directory(target[:-1])
-            try:
-                os.link(target[-1], leaf, src_dir_fd=source, dst_dir_fd=fd, follow_symlinks=False)
-            finally:
-                os.close(source)
-        elif member.isfifo():
-            os.mkfifo(leaf, 0o600, dir_fd=fd)
-            self._attributes(member, name, path=(fd, leaf))
-
-    @staticmethod
-    def _clear(fd: int, leaf: str) -> None:
-        try:
-            st = os.lstat(leaf, dir_fd=fd)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            remove_at(fd, leaf)
-        else:
-            os.unlink(leaf, dir_fd=fd)
-
-    def _file(self, reader: TarReader, member: Member, parent: int, leaf: str, name: str) -> None:
-        fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
-        try:
-            if member.sparse is not None:  # data segments written back at their offsets: holes stay holes
-                for offset, length in member.sparse:
-                    if length:
-                        os.lseek(fd, offset, os.SEEK_SET)
-                        _write_all(fd, reader.chunks(length))
-                os.ftruncate(fd, member.size)
-            else:
-                _write_all(fd, reader.chunks(member.stored))
-            self._attributes(member, name, fd=fd)
-        finally:
-            os.close(fd)
-
-    def _attributes(self, member: Member, name: str, fd: int | None = None,
-                    path: tuple[int, str] | None = None, symlink: bool = False) -> None:
-        """Owner, then xattrs and ACLs (a chown would clear file capabilities), then mode, then times."""
-        try:
-            if fd is not None:
-                os.fchown(fd, member.uid, member.gid)
-            else:
-                os.chown(path[1], member.uid, member.gid, dir_fd=path[0], follow_symlinks=False)
-        except OSError as exc:
-            self._note(name, "owner", exc)
-        try:
-            xattrs = record_xattrs(member.pax_headers)
-        except (ValueError, KeyError) as exc:
-            self.not_restored_total += 1
-            self.not_restored.append({"path": name, "what": "acl", "reason": str(exc)})
-            xattrs = {}
-        for key, value in xattrs.items():
-            try:
-                if fd is not None:
-                    os.setxattr(fd, key, value)
-                else:
-                    os.setxattr(f"/proc/self/fd/{path[0]}/{path[1]}", key, value, follow_symlinks=False)
-            except OSError as exc:
-                self._note(name, "acl" if key in PAX_ACL else f"xattr {key}", exc)
-        mtime = member_mtime_ns(member)
-        if fd is not None:
-            os.fchmod(fd, member.mode)
-            os.utime(fd, ns=(mtime, mtime))
-            return
-        if not symlink:
-            os.chmod(path[1], member.mode, dir_fd=path[0])
-        try:
-            os.utime(path[1], ns=(mtime, mtime), dir_fd=path[0], follow_symlinks=False)
-        except OSError as exc:
-            self._note(name, "mtime", exc)
-
-    def finish(self) -> None:
-        """Directories last, deepest first: their modes may forbid writing, their times change as members land."""
-        for _name, fd in self.chain:
-            os.close(fd)
-        self.chain = []
-        for name, member in reversed(self.directories):
-            fd = os.dup(self.dest_fd) if name == "." else self.open_directory(name.split("/"))
-            try:
-                self._attributes(member, name, fd=fd)
-            finally:
-                os.close(fd)
-
-
-def _write_all(fd: int, chunks: t.Iterable[memoryview]) -> None:
-    for chunk in chunks:
-        while chunk:
-            chunk = chunk[os.write(fd, chunk):]
-
-
-def extract_stream(stream: t.Any, dest: str) -> Extracted:
-    """Extract a tar stream into ``dest`` (which should be empty) under the safety rules.
-
-    Every member is checked before anything is written: relative names without '..',
-    no writing through symlinks, hard links to files extracted before, no device files.
-    Symlinks are written verbatim and never followed. Owners are restored numerically,
-    with xattrs, ACLs, file capabilities, modes and nanosecond mtimes (symlinks' too);
-    what the target filesystem refuses is listed in the result, not dropped silently.
-    """
-    extractor = _Extractor(dest)
-    symlinks: set[str] = set()
-    regular: set[str] = set()
-    count = 0
-    try:
-        reader = TarReader(stream)
-        for member in reader:
-            name = check_member(member, symlinks, regular)
-            if member.islnk():
-                member.linkname = normalize_member_name(member.linkname)
-            extractor.member(reader, member, name)
-            if member.issym():
-                symlinks.add(name)
-            elif member.isreg():
-                regular.add(name)
-            count += 1
-        extractor.finish()
-    finally:
-        extractor.close()
-    return Extracted(count, extractor.not_restored, extractor.not_restored_total)
-
-
-def not_restored_sentence(extracted: Extracted) -> str:
-    """What an extraction could not put back, as one sentence for the operator ('' when everything was)."""
-    if not extracted.not_restored_total:
-        return ""
-    kinds = sorted({entry["what"] for entry in extracted.not_restored})
-    examples = ", ".join(f"{e['path']} ({e['what']}: {e['reason']})" for e in extracted.not_restored[:3])
-    return (f"{extracted.not_restored_total} attribute(s) the target filesystem did not accept "
-            f"({', '.join(kinds)}), e.g. {examples}")
-
-
-def scan_tree(root: str) -> dict[str, dict[str, t.Any]]:
-    """A ``files`` map of a directory on disk (used to compare a restore with the manifest)."""
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    files: dict[str, dict[str, t.Any]] = {}
-    inodes: dict[tuple[int, int], str] = {}
-    for node in walk(root):
-        st = node.st
-        record: dict[str, t.Any] = {"mode": mode_string(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-        fmt = stat.S_IFMT(st.st_mode)
-        key = (st.st_dev, st.st_ino)
-        if fmt == stat.S_IFREG and st.st_nlink > 1 and key in inodes:
-            record.update(type=TYPE_HARDLINK, link=inodes[key])
-            files[node.rel] = record
-            continue
-        record["mtime"] = st.st_mtime_ns
-        digest = xattrs_digest(xattr_records(read_xattrs(at(node))))
-        if digest:
-            record["xattrs"] = digest
-        if fmt == stat.S_IFDIR:
-            record["type"] = TYPE_DIR
-        elif fmt == stat.S_IFLNK:
-            record.update(type=TYPE_SYMLINK, link=os.readlink(node.name, dir_fd=node.dir_fd))
-        elif fmt == stat.S_IFREG:
-            if st.st_nlink > 1:
-                inodes[key] = node.rel
-            hasher = hashlib.sha256()
-            fd = _open_for_reading(node, os.path.join(root, node.rel))
-            try:
-                while True:
-                    count = os.readv(fd, [view])
-                    if not count:
-                        break
-                    hasher.update(view[:count])
-            finally:
-                os.close(fd)
-            record.update(type=TYPE_FILE, size=st.st_size, sha256=_digest(hasher))
-        elif fmt == stat.S_IFIFO:
-            record["type"] = TYPE_FIFO
-        else:
-            record["type"] = "other"
-        files[node.rel] = record
-    return files
-
-
-def changes_since(expected: dict[str, dict[str, t.Any]], root: str, since: float, limit: int = 5) -> dict[str, t.Any]:
-    """What differs in ``root`` from a set's ``files`` map, by a walk (no reading): entries added and removed since,
-    and regular files whose size differs or that were modified after ``since`` (epoch seconds)."""
-    added: list[str] = []
-    changed: list[str] = []
-    seen = set()
-    for node in walk(root):
-        if node.rel == ".":
-            continue
-        seen.add(node.rel)
-        record = expected.get(node.rel)
-        if record is None:
-            added.append(node.rel)
-        elif stat.S_ISREG(node.st.st_mode):
-            resized = record.get("type") == TYPE_FILE and record.get("size") != node.st.st_size
-            if resized or node.st.st_mtime > since:
-                changed.append(node.rel)
-    removed = [rel for rel in expected if rel != "." and rel not in seen]
-    return {"added": len(added), "changed": len(changed), "removed": len(removed),
-            "examples": sorted(added + changed + removed)[:limit]}
-
-
-def tree_fingerprint(root: str) -> str:
-    """A value that changes whenever anything under ``root`` does (names, types, modes, owners, sizes, mtimes)."""
-    digest = hashlib.sha256()
-    for node in walk(root):
-        if node.rel == ".":
-            continue
-        st = node.st
-        line = "%s\0%o\0%d\0%d\0%d\0%d\n" % (node.rel, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
-        digest.update(line.encode(ENCODING, ERRORS))
-    return _digest(digest)
-
-
 def compare_trees(expected: dict[str, dict[str, t.Any]], found: dict[str, dict[str, t.Any]], limit: int = 20,
                   not_restored: t.Iterable[dict[str, str]] = ()) -> list[str]:
     """Differences between a manifest's ``files`` and a tree on disk; attributes an extraction reported as
@@ -1274,42 +745,3 @@ def compare_trees(expected: dict[str, dict[str, t.Any]], found: dict[str, dict[s
         if len(problems) >= limit:
             break
     return problems
-
-
-def remove_at(parent_fd: int, name: str) -> None:
-    """Remove ``name`` in the directory open as ``parent_fd``, a whole tree if it is one, without following
-    symlinks, at any depth and path length (iterative, by directory fds)."""
-    if not stat.S_ISDIR(os.lstat(name, dir_fd=parent_fd).st_mode):
-        os.unlink(name, dir_fd=parent_fd)
-        return
-    stack = [(parent_fd, name, os.open(name, DIR_FLAGS, dir_fd=parent_fd))]
-    try:
-        while stack:
-            parent, own, fd = stack[-1]
-            with os.scandir(fd) as entries:
-                listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-            for child, is_dir in listed:
-                if not is_dir:
-                    os.unlink(child, dir_fd=fd)
-            subdir = next((child for child, is_dir in listed if is_dir), None)
-            if subdir is None:
-                os.close(fd)
-                stack.pop()
-                os.rmdir(own, dir_fd=parent)
-            else:
-                stack.append((fd, subdir, os.open(subdir, DIR_FLAGS, dir_fd=fd)))
-    finally:
-        for _parent, _own, fd in stack:
-            os.close(fd)
-
-
-def empty_directory(path: str) -> None:
-    """Remove everything inside ``path`` (not ``path`` itself), without following symlinks, at any depth."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        with os.scandir(fd) as entries:
-            names = [entry.name for entry in entries]
-        for name in names:
-            remove_at(fd, name)
-    finally:
-        os.close(fd)

@@ -17,7 +17,7 @@ import shutil
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _tree
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, schema_version, utcnow
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, ensure_dir
 from ansible_collections.selfhost.rollback.plugins.module_utils._quiesce import Quiesce, resume_interrupted
@@ -45,7 +45,7 @@ def estimate_bytes(sources: list[Source]) -> int:
     total = 0
     for source in sources:
         if source.host_path:
-            total += _archive.tree_size(source.host_path)
+            total += _tree.tree_size(source.host_path)
     return total
 
 

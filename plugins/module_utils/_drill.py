@@ -41,6 +41,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils import (
     _restore,
     _sets,
     _sources,
+    _tree,
     _verify,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
@@ -483,7 +484,7 @@ class Drill:
                 root = step["path"]
             else:
                 continue
-            found = _archive.scan_tree(root)
+            found = _tree.scan_tree(root)
             refused = [e for e in outcome["not_restored"] if e["item"] == f"{step['kind']} {item['name']}"]
             failures = _archive.compare_trees(item.get("files") or {}, found, not_restored=refused)
             problems += failures

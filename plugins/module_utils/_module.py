@@ -25,7 +25,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _project
+from ansible_collections.selfhost.rollback.plugins.module_utils import _project, _tree
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DOCKER_IMPORT_ERROR,
@@ -46,7 +46,7 @@ OPERATOR_ERRORS: tuple[type[BaseException], ...] = (AppError, OperatorError, Led
 #: What a backup, verification, restore or drill can fail with that is the operator's to act on:
 #: every one carries a sentence for the operator (the backup, backup_verify, restore, drill and
 #: switch modules pass it as ``errors``).
-OPERATOR_FAILURES = (AppError, OperatorError, LedgerError, StorageError, ResticError, _archive.ArchiveError)
+OPERATOR_FAILURES = (AppError, OperatorError, LedgerError, StorageError, ResticError, _tree.ArchiveError)
 
 DOCKER_FAILURE = "the Docker Engine refused a request ({exc}); check that dockerd is running"
 OS_FAILURE = "{exc}; check free space and permissions under {store}"

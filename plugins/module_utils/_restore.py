@@ -19,7 +19,7 @@ import tempfile
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _sources
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _extract, _sources, _tree
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, parse_iso, project_containers
 from ansible_collections.selfhost.rollback.plugins.module_utils._gate import human_age
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
@@ -120,7 +120,7 @@ def what_is_lost(target: dict[str, t.Any], client: t.Any, plan: dict[str, t.Any]
             root = step_root(client, step)
             if root is None:  # gone: a restore loses nothing more there
                 continue
-            changes = _archive.changes_since(item.get("files") or {}, root, taken)
+            changes = _tree.changes_since(item.get("files") or {}, root, taken)
             if changes["added"] or changes["changed"] or changes["removed"]:
                 lost["files"][f"{step['kind']} {step['name']}"] = changes
                 counts = ", ".join(f"{changes[k]} {k}" for k in ("added", "changed", "removed") if changes[k])
@@ -187,7 +187,7 @@ def current_fingerprint(target: dict[str, t.Any], client: t.Any, plan: dict[str,
             root = step_root(client, step)
             if root is None:  # missing: certainly not restored
                 return None
-            parts[f"{step['kind']}:{step['name']}"] = _archive.tree_fingerprint(root)
+            parts[f"{step['kind']}:{step['name']}"] = _tree.tree_fingerprint(root)
         else:
             container = _service_container(client, target, step["service"], running=True)
             if container is None:
@@ -232,8 +232,8 @@ def restore_tree(dest: str, item: dict[str, t.Any], set_directory: str, restic: 
     source = ArchiveSource(set_directory, item, restic)
     try:
         if not swap:
-            _archive.empty_directory(dest)
-        extracted = _archive.extract_stream(source.stream, workdir)
+            _tree.empty_directory(dest)
+        extracted = _extract.extract_stream(source.stream, workdir)
     except BaseException:
         source.abort()
         if swap:
@@ -256,7 +256,7 @@ def restore_tree(dest: str, item: dict[str, t.Any], set_directory: str, restic: 
             shutil.rmtree(old, ignore_errors=True)
     return {"members": extracted.count, "duration_s": round(time.monotonic() - began, 3),
             "not_restored": extracted.not_restored, "not_restored_total": extracted.not_restored_total,
-            "not_restored_sentence": _archive.not_restored_sentence(extracted)}
+            "not_restored_sentence": _extract.not_restored_sentence(extracted)}
 
 
 def wait_health(url: str, timeout: float, per_request: float = 3.0) -> bool:

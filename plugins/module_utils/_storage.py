@@ -26,7 +26,7 @@ import subprocess
 import threading
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._archive import CHUNK, HashingReader
+from ansible_collections.selfhost.rollback.plugins.module_utils._tree import CHUNK, digest_text
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic, ResticError, finish_backup
 
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
@@ -242,6 +242,28 @@ class ResticSink:
             self._proc.kill()
         with contextlib.suppress(OSError, ValueError):
             self._proc.communicate(timeout=10)
+
+
+class HashingReader:
+    """A read-only file object that hashes everything read through it."""
+
+    def __init__(self, raw: t.Any) -> None:
+        self.raw = raw
+        self.hasher = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hasher.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def digest(self) -> str:
+        return digest_text(self.hasher)
 
 
 class ArchiveSource:

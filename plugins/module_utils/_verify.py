@@ -19,7 +19,7 @@ import tempfile
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _extract, _tree
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, iso
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, ensure_dir
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic
@@ -72,17 +72,17 @@ def test_restore(directory: str, manifest: dict[str, t.Any], restic: Restic | No
                     source = ArchiveSource(directory, item, restic)
                     extracted = None
                     try:
-                        extracted = _archive.extract_stream(source.stream, scratch)
+                        extracted = _extract.extract_stream(source.stream, scratch)
                     except _archive.ArchiveError as exc:
                         failures.append(str(exc))
                     finally:
                         failures = source.finish() + failures
                     if not failures and extracted is not None:
                         # what the scratch filesystem refused is said, and not counted twice as a difference
-                        failures = _archive.compare_trees(item.get("files") or {}, _archive.scan_tree(scratch),
+                        failures = _archive.compare_trees(item.get("files") or {}, _tree.scan_tree(scratch),
                                                           not_restored=extracted.not_restored)
                         if extracted.not_restored_total:
-                            notices.append(f"{item['kind']} {item['name']}: {_archive.not_restored_sentence(extracted)}")
+                            notices.append(f"{item['kind']} {item['name']}: {_extract.not_restored_sentence(extracted)}")
                 finally:
                     shutil.rmtree(scratch, ignore_errors=True)
         except (OperatorError, StorageError, OSError) as exc:

@@ -20,7 +20,7 @@ from conftest import COLLECTIONS_PATH, REGISTRY
 
 if str(COLLECTIONS_PATH) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS_PATH))
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive  # noqa: E402  (needs the path above)
+from ansible_collections.selfhost.rollback.plugins.module_utils import _tree  # noqa: E402  (needs the path above)
 
 BACKUP = "selfhost.rollback.backup"
 VERIFY = "selfhost.rollback.backup_verify"
@@ -173,7 +173,7 @@ def test_postgres_under_write_load_odd_files_and_restic(demo_app, module_playboo
     db = demo.container_ids()["db"]
     uploads = docker_client.volumes.get(f"{demo.name}_uploads").attrs["Mountpoint"]
     make_odd_files(uploads)
-    odd_before = without_volume_root(_archive.scan_tree(uploads))
+    odd_before = without_volume_root(_tree.scan_tree(uploads))
 
     stop, done = threading.Event(), []
     loader = threading.Thread(target=pg_load, args=(db, stop, done))
@@ -214,7 +214,7 @@ def test_postgres_under_write_load_odd_files_and_restic(demo_app, module_playboo
         total, transfers, counter = (int(x) for x in out.split("|"))
         assert total == 1000 and transfers == counter == dump["tables"]["public.transfers"]
         drill_uploads = docker_client.volumes.get(f"{drill}_uploads").attrs["Mountpoint"]
-        assert without_volume_root(_archive.scan_tree(drill_uploads)) == odd_before
+        assert without_volume_root(_tree.scan_tree(drill_uploads)) == odd_before
         assert os.stat(os.path.join(drill_uploads, "odd", "sparse")).st_blocks * 512 < 1024 * 1024
         # the live app was not touched
         assert demo.wait_healthy()
@@ -239,7 +239,7 @@ def test_postgres_under_write_load_odd_files_and_restic(demo_app, module_playboo
     run, restored = module_playbook(RESTORE, {"app": demo.definition(), "store": str(demo.store),
                                               "set_id": backed["set_id"], "restic": restic})
     assert run.rc == 0, run.stdout
-    assert without_volume_root(_archive.scan_tree(uploads)) == odd_before
+    assert without_volume_root(_tree.scan_tree(uploads)) == odd_before
     demo.wait_healthy()
     out = demo.psql("SELECT (SELECT sum(balance) FROM accounts) || '|' || (SELECT count(*) = (SELECT v FROM meta) FROM transfers)")
     assert out == "1000|true"

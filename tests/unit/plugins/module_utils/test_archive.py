@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _extract, _tree
 
 
 def build_tree(root: str) -> None:
@@ -47,7 +47,7 @@ def roundtrip(src: str, dest: str) -> dict:
     writer = _archive.write_tree(src, buffer)
     assert _archive.verify_stream(io.BytesIO(buffer.getvalue()), writer.files) == []
     os.makedirs(dest)
-    _archive.extract_stream(io.BytesIO(buffer.getvalue()), dest)
+    _extract.extract_stream(io.BytesIO(buffer.getvalue()), dest)
     return writer.files
 
 
@@ -57,8 +57,8 @@ def test_odd_files_round_trip_exactly(tmp_path):
     os.makedirs(src)
     build_tree(src)
     files = roundtrip(src, dest)
-    assert _archive.compare_trees(files, _archive.scan_tree(dest)) == []
-    assert _archive.scan_tree(src) == _archive.scan_tree(dest)
+    assert _archive.compare_trees(files, _tree.scan_tree(dest)) == []
+    assert _tree.scan_tree(src) == _tree.scan_tree(dest)
     assert files["sparse.img"]["sparse"] is True
     restored = os.stat(os.path.join(dest, "sparse.img"))
     assert restored.st_size == 64 * 1024 * 1024 and restored.st_blocks * 512 < 1024 * 1024
@@ -95,7 +95,7 @@ def test_symlinks_are_stored_verbatim_and_never_followed(tmp_path):
     files = roundtrip(str(src), str(dest))
     assert files["current"]["link"] == "/data/releases/3"
     assert os.readlink(dest / "escape") == "/etc/passwd" and os.readlink(dest / "releases" / "up") == "../../outside"
-    assert _archive.compare_trees(files, _archive.scan_tree(str(dest))) == []
+    assert _archive.compare_trees(files, _tree.scan_tree(str(dest))) == []
 
 
 def hostile(*members: tarfile.TarInfo, data: bytes = b"x") -> io.BytesIO:
@@ -136,7 +136,7 @@ def test_hostile_members_are_refused(tmp_path, case):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(_archive.UnsafeMember):
-        _archive.extract_stream(hostile(*HOSTILE[case]), str(dest))
+        _extract.extract_stream(hostile(*HOSTILE[case]), str(dest))
     assert not (tmp_path / "selfhost-pwned").exists()
     assert not os.path.exists("/tmp/selfhost-pwned")
 
@@ -152,7 +152,7 @@ def test_link_target_inside(name, target, inside):
 def test_safe_members_extract(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
-    count = _archive.extract_stream(hostile(member("dir", tarfile.DIRTYPE), member("dir/file"),
+    count = _extract.extract_stream(hostile(member("dir", tarfile.DIRTYPE), member("dir/file"),
                                             member("dir/rel", tarfile.SYMTYPE, "file"),
                                             member("hard", tarfile.LNKTYPE, "dir/file")), str(dest))
     assert count.count == 4 and count.not_restored == []
@@ -163,14 +163,14 @@ def test_changes_since_a_set_are_read_from_the_tree_without_reading_files(tmp_pa
     (tmp_path / "kept.txt").write_text("same")
     (tmp_path / "grown.txt").write_text("short")
     (tmp_path / "gone.txt").write_text("x")
-    expected = _archive.scan_tree(str(tmp_path))
+    expected = _tree.scan_tree(str(tmp_path))
     taken = time.time()
     (tmp_path / "gone.txt").unlink()
     (tmp_path / "grown.txt").write_text("much longer now")
     (tmp_path / "new.txt").write_text("new")
     old = taken - 60
     os.utime(tmp_path / "kept.txt", (old, old))
-    changes = _archive.changes_since(expected, str(tmp_path), taken)
+    changes = _tree.changes_since(expected, str(tmp_path), taken)
     assert (changes["added"], changes["changed"], changes["removed"]) == (1, 1, 1), changes
     assert changes["examples"] == ["gone.txt", "grown.txt", "new.txt"]
 
@@ -189,7 +189,7 @@ def test_a_cut_or_damaged_stream_is_named_not_read_as_less(tmp_path):
     problems = _archive.verify_stream(io.BytesIO(bytes(damaged)), writer.files)
     assert problems and "checksum is wrong" in problems[0], problems
     with pytest.raises(_archive.ArchiveError, match="ends inside"):
-        _archive.extract_stream(io.BytesIO(data[:len(data) // 2]), str(tmp_path))
+        _extract.extract_stream(io.BytesIO(data[:len(data) // 2]), str(tmp_path))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="owners round-trip only as root")
@@ -207,8 +207,8 @@ def test_what_gnu_tar_writes_is_read_exactly(tmp_path):
                    check=True, capture_output=True)
     dest.mkdir()
     with open(archive, "rb") as handle:
-        _archive.extract_stream(handle, str(dest))
-    expected, found = _archive.scan_tree(str(src)), _archive.scan_tree(str(dest))
+        _extract.extract_stream(handle, str(dest))
+    expected, found = _tree.scan_tree(str(src)), _tree.scan_tree(str(dest))
     assert {k: {f: v for f, v in r.items() if f != "mtime"} for k, r in found.items()} == \
            {k: {f: v for f, v in r.items() if f != "mtime"} for k, r in expected.items()}
     assert os.stat(dest / "holes.img").st_blocks * 512 < 1024 * 1024

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _extract, _tree
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 import fidelity  # noqa: E402  (tests/fidelity.py: shared with the integration test)
@@ -50,10 +50,10 @@ def test_every_case_round_trips_through_our_archive(archived):
     dest = work / "ours"
     dest.mkdir()
     with open(archive, "rb") as handle:
-        result = _archive.extract_stream(handle, str(dest))
+        result = _extract.extract_stream(handle, str(dest))
     assert result.not_restored == []
     assert fidelity.differences(expected, fidelity.snapshot(str(dest)))[:10] == []
-    assert _archive.compare_trees(files, _archive.scan_tree(str(dest))) == []
+    assert _archive.compare_trees(files, _tree.scan_tree(str(dest))) == []
 
 
 @pytest.mark.parametrize("tool", sorted(fidelity.BY_HAND))
@@ -80,10 +80,10 @@ def test_a_changed_attribute_fails_the_comparison(archived):
     dest = work / "tampered"
     dest.mkdir()
     with open(archive, "rb") as handle:
-        _archive.extract_stream(handle, str(dest))
+        _extract.extract_stream(handle, str(dest))
     os.setxattr(dest / "meta" / "tagged.bin", "user.origin", b"changed")
     os.utime(dest / "current", ns=(1, 1), follow_symlinks=False)
-    problems = _archive.compare_trees(files, _archive.scan_tree(str(dest)))
+    problems = _archive.compare_trees(files, _tree.scan_tree(str(dest)))
     assert any("'meta/tagged.bin': xattrs" in p for p in problems) and any("'current': mtime" in p for p in problems)
 
 
@@ -100,12 +100,12 @@ def test_what_the_target_refuses_is_named_not_dropped(archived, monkeypatch):
 
     monkeypatch.setattr(os, "setxattr", refuse_user_xattrs)
     with open(archive, "rb") as handle:
-        result = _archive.extract_stream(handle, str(dest))
+        result = _extract.extract_stream(handle, str(dest))
     monkeypatch.undo()
     refused = {(e["path"], e["what"]) for e in result.not_restored}
     assert refused == {("meta/tagged.bin", "xattr user.origin"), ("meta/tagged.bin", "xattr user.binary"),
                        ("meta/shared", "xattr user.note")}
-    assert "3 attribute(s) the target filesystem did not accept" in _archive.not_restored_sentence(result)
+    assert "3 attribute(s) the target filesystem did not accept" in _extract.not_restored_sentence(result)
     # the comparison names nothing else: capabilities and ACLs came back
-    assert _archive.compare_trees(files, _archive.scan_tree(str(dest)), not_restored=result.not_restored) == []
-    assert _archive.compare_trees(files, _archive.scan_tree(str(dest)))  # and without the list, the loss shows
+    assert _archive.compare_trees(files, _tree.scan_tree(str(dest)), not_restored=result.not_restored) == []
+    assert _archive.compare_trees(files, _tree.scan_tree(str(dest)))  # and without the list, the loss shows
