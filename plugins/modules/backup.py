@@ -14,8 +14,10 @@ description:
   - Databases are dumped logically inside their containers (PostgreSQL C(pg_dump), MySQL/MariaDB
     C(mysqldump --single-transaction), SQLite through its online backup API), with no downtime.
   - File data (volumes, paths) is read directly from the host and streamed into one compressed
-    tar archive per source (C(zstd -T0) when installed, C(gzip) otherwise), with a sha256 per file
-    taken in the same pass.
+    pax tar archive per source (C(zstd -T0) when installed, C(gzip) otherwise), with a sha256 per file
+    taken in the same pass. The archive keeps what GNU tar keeps - symlinks verbatim whatever they point at,
+    paths longer than 4,096 bytes, nanosecond mtimes (symlinks' too), xattrs, POSIX ACLs, file capabilities,
+    sparse files, hard links, numeric owners - and stock GNU tar and bsdtar extract it exactly.
   - Per source, O(consistency) says how writers are kept still while its files are read. Containers
     that were running before are running after, also when the backup fails; stopped ones stay stopped.
     Each container is written to C(quiesced.json) in the ledger before it is paused or stopped, and a watcher that
@@ -124,7 +126,7 @@ items:
   type: list
   elements: dict
   sample: [{"kind": "database", "name": "db-notes", "archive": "database-db-notes.sql.zst", "bytes": 1834,
-            "sha256": "sha256:9f...", "tables": {"public.notes": 3}, "consistency": "dump"}]
+            "checksum": "zstd-xxh64", "tables": {"public.notes": 3}, "consistency": "dump"}]
 left_out:
   description: Sources left out on purpose, with the reason.
   returned: always

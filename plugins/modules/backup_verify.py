@@ -9,8 +9,9 @@ module: backup_verify
 short_description: Prove a backup set by checking every checksum and restoring it somewhere disposable
 version_added: 0.1.0
 description:
-  - V(deep) check - reads every archive of the set, compares its sha256 with the manifest and, for
-    file data, every member's type, mode, owner, size and sha256.
+  - V(deep) check - reads every archive of the set (a decompression checks zstd's frame checksum or gzip's
+    CRC; an archive recorded with a sha256 is compared with it) and, for file data, compares every member's
+    type, mode, owner, mtime, xattrs, size, link and sha256 with the manifest.
   - V(test_restore) - restores every database dump into a throwaway container of the same database
     image (no network) and compares row counts per table with the manifest; SQLite copies are opened
     on the host and pass C(PRAGMA integrity_check); file archives are extracted to a scratch directory
