@@ -103,10 +103,79 @@ options:
           contains:
             description: Text the answer must contain (an id, a title).
             type: str
+          matches:
+            description: A regular expression the answer must match (Python's C(re.search)).
+            type: str
+          json:
+            description:
+              - Values the answer, read as JSON, must hold, by dotted path (list items by index), for example
+                V({"choices.0.finish_reason": "stop", "model": "llama3"}).
+            type: dict
           timeout:
             description: Seconds to wait for the answer.
             type: float
             default: 5
+      signals:
+        description:
+          - Numbers the app is judged by beyond HTTP status - an answer's quality score, its cost or tokens per request,
+            a queue's depth, an answer's length. Each is read from a JSON answer of the app (O(app.signals[].path) and
+            O(app.signals[].json)) or from the output of a command in a service (O(app.signals[].command)).
+          - Every health gate reads them once the app is healthy and judges each by its absolute limits and by its ratio
+            to the value the baseline recorded; so the upgrade gate reverts a release that degrades quality or cost with
+            every probe answering 200, and the gate after a rollback shows the numbers recovered.
+          - Recording a baseline reads them too; one that cannot be read, or breaks an absolute limit, stops the
+            pre-upgrade before anything changes.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          name:
+            description: The signal's name, unique in the app.
+            type: str
+            required: true
+          path:
+            description: A request to the app (path and query, sent to the host of O(app.health.url)) whose answer holds the number.
+            type: str
+          method:
+            description: HTTP method of O(app.signals[].path).
+            type: str
+            default: GET
+          body:
+            description: Request body of O(app.signals[].path), for example a fixed question for a chat endpoint.
+            type: str
+          content_type:
+            description: The C(Content-Type) of O(app.signals[].body).
+            type: str
+          service:
+            description: The service O(app.signals[].command) runs in (its running container).
+            type: str
+          command:
+            description: A command whose output holds the number (its last line, or the JSON at O(app.signals[].json)).
+            type: list
+            elements: str
+          json:
+            description: Dotted path to the number in the JSON answer or output, for example V(usage.total_tokens).
+            type: str
+          samples:
+            description: Reads per gate; the median is judged.
+            type: int
+            default: 1
+          min:
+            description: The lowest value allowed.
+            type: float
+          max:
+            description: The highest value allowed.
+            type: float
+          min_ratio:
+            description: The lowest value allowed, as a ratio to the baseline's value (V(0.9) is 90% of it).
+            type: float
+          max_ratio:
+            description: The highest value allowed, as a ratio to the baseline's value (V(1.5) is 150% of it).
+            type: float
+          timeout:
+            description: Seconds to wait for each read.
+            type: float
+            default: 10
       databases:
         description: Databases captured by logical dumps.
         type: list

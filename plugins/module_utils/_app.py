@@ -34,7 +34,27 @@ SMOKE_OPTIONS: dict[str, t.Any] = {
     "content_type": {"type": "str"},
     "status": {"type": "int", "default": 200},
     "contains": {"type": "str"},
+    "matches": {"type": "str"},
+    "json": {"type": "dict"},
     "timeout": {"type": "float", "default": 5},
+}
+
+# a number the app's health is judged by beyond HTTP status (see the app option ``signals``)
+SIGNAL_OPTIONS: dict[str, t.Any] = {
+    "name": {"type": "str", "required": True},
+    "path": {"type": "str"},
+    "method": {"type": "str", "default": "GET"},
+    "body": {"type": "str"},
+    "content_type": {"type": "str"},
+    "service": {"type": "str"},
+    "command": {"type": "list", "elements": "str"},
+    "json": {"type": "str"},
+    "samples": {"type": "int", "default": 1},
+    "min": {"type": "float"},
+    "max": {"type": "float"},
+    "min_ratio": {"type": "float"},
+    "max_ratio": {"type": "float"},
+    "timeout": {"type": "float", "default": 10},
 }
 
 
@@ -55,6 +75,7 @@ def app_option_spec() -> dict[str, t.Any]:
             },
         },
         "smoke": {"type": "list", "elements": "dict", "default": [], "options": SMOKE_OPTIONS},
+        "signals": {"type": "list", "elements": "dict", "default": [], "options": SIGNAL_OPTIONS},
         "databases": {
             "type": "list",
             "elements": "dict",
@@ -153,10 +174,39 @@ def validate_app(app: dict[str, t.Any], store: str | None = None) -> dict[str, t
             raise AppError(f"app {name}: consistency {mode!r} for {key} is not one of stop, pause, none")
     resolved["one_shot"] = list(app.get("one_shot") or [])
     resolved["smoke"] = list(app.get("smoke") or [])
+    for spec in resolved["smoke"]:
+        if spec.get("matches"):
+            try:
+                re.compile(spec["matches"])
+            except re.error as exc:
+                raise AppError(f"app {name}: smoke request {spec.get('path')}: matches {spec['matches']!r} is not a regular "
+                               f"expression ({exc}); fix app.smoke") from exc
+    resolved["signals"] = validate_signals(name, app.get("signals") or [])
     own = (app.get("pins") or "compose_files") == "own_file"
     resolved["pins_file"] = os.path.join(store, name, PINS_FILE) if own and store else None
     resolved["extra_files"] = []  # the collection's own overrides for one call (a switch's image override)
     return resolved
+
+
+def validate_signals(name: str, signals: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+    """Each signal reads one number from one place and has at least one limit; names are unique."""
+    seen = set()
+    for spec in signals:
+        label = f"app {name}: signal {spec.get('name')!r}"
+        if spec.get("name") in seen:
+            raise AppError(f"{label} is declared twice; give each of app.signals its own name")
+        seen.add(spec.get("name"))
+        if bool(spec.get("path")) == bool(spec.get("command")):
+            raise AppError(f"{label} needs exactly one of path (a request to the app, its answer read as JSON) or command "
+                           "(run in service, its output read as a number); fix app.signals")
+        if spec.get("command") and not spec.get("service"):
+            raise AppError(f"{label} runs a command but names no service to run it in; set app.signals[].service")
+        if all(spec.get(k) is None for k in ("min", "max", "min_ratio", "max_ratio")):
+            raise AppError(f"{label} has no limit: set min, max, min_ratio or max_ratio (the ratios compare with the "
+                           "baseline)")
+        if int(spec.get("samples") or 1) < 1:
+            raise AppError(f"{label}: samples must be at least 1")
+    return [dict(spec) for spec in signals]
 
 
 def compose_variables(env_file: str) -> dict[str, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import statistics
 import time
 import typing as t
 import urllib.error
@@ -118,15 +120,46 @@ def smoke_name(spec: dict[str, t.Any]) -> str:
     return f"{spec.get('method') or 'GET'} {spec['path']}"
 
 
+def json_value(document: t.Any, path: str) -> t.Any:
+    """The value at a dotted path into a JSON document (``usage.total_tokens``, ``choices.0.score``)."""
+    value = document
+    for step in [part for part in path.split(".") if part != ""]:
+        if isinstance(value, list) and step.lstrip("-").isdigit() and -len(value) <= int(step) < len(value):
+            value = value[int(step)]
+        elif isinstance(value, dict) and step in value:
+            value = value[step]
+        else:
+            raise KeyError(f"the answer has no {path!r} (nothing at {step!r})")
+    return value
+
+
 def smoke_problems(spec: dict[str, t.Any], status: int, body: str) -> list[str]:
     """Why an answer is not the one a smoke request expects (empty when it is)."""
     problems = []
     want = int(spec.get("status") or 200)
     if status != want:
         problems.append(f"{smoke_name(spec)} answered {status or 'nothing'}, expected {want}")
+    shown = f" (answer: {body[:120]!r})" if body else ""
     text = spec.get("contains")
     if text and text not in body:
-        problems.append(f"{smoke_name(spec)} does not contain {text!r}" + (f" (answer: {body[:120]!r})" if body else ""))
+        problems.append(f"{smoke_name(spec)} does not contain {text!r}{shown}")
+    pattern = spec.get("matches")
+    if pattern and not re.search(pattern, body):
+        problems.append(f"{smoke_name(spec)} does not match {pattern!r}{shown}")
+    expected = spec.get("json") or {}
+    if expected:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return problems + [f"{smoke_name(spec)} did not answer JSON{shown}"]
+        for path, value in sorted(expected.items()):
+            try:
+                found = json_value(document, path)
+            except KeyError as exc:
+                problems.append(f"{smoke_name(spec)}: {exc.args[0]}")
+                continue
+            if found != value:
+                problems.append(f"{smoke_name(spec)}: {path} is {found!r}, expected {value!r}")
     return problems
 
 
@@ -143,3 +176,91 @@ def run_smoke(base_url: str, specs: list[dict[str, t.Any]]) -> list[dict[str, t.
         problems = smoke_problems(spec, status, body)
         results.append({"request": smoke_name(spec), "status": status, "passed": not problems, "problems": problems})
     return results
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def signal_source(spec: dict[str, t.Any]) -> str:
+    if spec.get("path"):
+        return f"{spec.get('method') or 'GET'} {spec['path']}" + (f" -> {spec['json']}" if spec.get("json") else "")
+    return f"'{' '.join(spec['command'])}' in service {spec['service']}" + (f" -> {spec['json']}" if spec.get("json") else "")
+
+
+def as_number(value: t.Any, where: str) -> float:
+    """A signal's value as a float: a JSON number, or text that is one (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{where} is {value!r}, not a number")
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ValueError(f"{where} is {value!r}, not a number") from exc
+
+
+def parse_signal(spec: dict[str, t.Any], text: str) -> float:
+    """The number in an answer or a command's output: at the JSON path when one is given, else the whole (last line)."""
+    where = signal_source(spec)
+    if spec.get("json"):
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{where}: the answer is not JSON ({text[:80]!r})") from exc
+        try:
+            return as_number(json_value(document, spec["json"]), where)
+        except KeyError as exc:
+            raise ValueError(f"{where}: {exc.args[0]}") from exc
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return as_number(lines[-1] if lines else "", where)
+
+
+def read_signal(spec: dict[str, t.Any], base_url: str, run_command: t.Callable[[str, list[str], float], tuple[int, str]]
+                ) -> dict[str, t.Any]:
+    """Read one signal ``samples`` times: the median value, or the sentence that says why it could not be read."""
+    values: list[float] = []
+    error = None
+    for _index in range(max(int(spec.get("samples") or 1), 1)):
+        if spec.get("path"):
+            parts = urllib.parse.urlsplit(base_url)
+            path, _mark, query = spec["path"].partition("?")
+            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path if path.startswith("/") else "/" + path, query, ""))
+            status, text = http_request(url, spec.get("method") or "GET", spec.get("body"), float(spec.get("timeout") or 10),
+                                        spec.get("content_type"))
+            if not 200 <= status < 300:
+                error = f"{signal_source(spec)} answered {status or 'nothing'}"
+                break
+        else:
+            code, text = run_command(spec["service"], list(spec["command"]), float(spec.get("timeout") or 10))
+            if code != 0:
+                error = f"{signal_source(spec)} exited with code {code}: {text.strip()[-160:]!r}"
+                break
+        try:
+            values.append(parse_signal(spec, text))
+        except ValueError as exc:
+            error = str(exc)
+            break
+    reading: dict[str, t.Any] = {"name": spec["name"], "source": signal_source(spec),
+                                 "value": round(statistics.median(values), 6) if values and error is None else None}
+    if error:
+        reading["error"] = error
+    return reading
+
+
+def signal_problems(spec: dict[str, t.Any], reading: dict[str, t.Any], baseline: float | None) -> list[str]:
+    """Sentences, with the numbers, for each limit a signal's value breaks (its absolute limits, its ratios to the baseline)."""
+    name = spec["name"]
+    if reading.get("error"):
+        return [f"signal {name} could not be read: {reading['error']}"]
+    value = reading["value"]
+    problems = []
+    if spec.get("min") is not None and value < spec["min"]:
+        problems.append(f"signal {name} is {value:g}, below its minimum {spec['min']:g}")
+    if spec.get("max") is not None and value > spec["max"]:
+        problems.append(f"signal {name} is {value:g}, above its maximum {spec['max']:g}")
+    if baseline is not None:
+        if spec.get("min_ratio") is not None and value < baseline * spec["min_ratio"]:
+            problems.append(f"signal {name} is {value:g}, below {spec['min_ratio']:g}x the baseline's {baseline:g} "
+                            f"(at least {baseline * spec['min_ratio']:g} allowed)")
+        if spec.get("max_ratio") is not None and value > baseline * spec["max_ratio"]:
+            problems.append(f"signal {name} is {value:g}, above {spec['max_ratio']:g}x the baseline's {baseline:g} "
+                            f"(at most {baseline * spec['max_ratio']:g} allowed)")
+    return problems

@@ -17,6 +17,10 @@ description:
     absolute limits, and fails with every reason when the app does not pass.
   - Then it sends the app's smoke requests (O(app.smoke)), which touch its data; any answer that is not the expected one
     fails the gate (and a baseline), so a release that boots but cannot read what it holds does not pass.
+  - Then it reads the app's signals (O(app.signals)) - numbers from a JSON answer or a command's output, such as an
+    answer's quality score, its cost in tokens, a queue's depth - and judges each by its absolute limits and by its
+    ratio to the value recorded in the baseline. A release that answers 200 everywhere but degrades quality or cost fails
+    here; a baseline records every signal's value, and a signal that cannot be read stops it.
   - The verdict always carries the numbers behind it.
 author:
   - selfhost.rollback maintainers (@selfhost-rollback)
@@ -148,6 +152,16 @@ smoke:
   type: list
   elements: dict
   sample: [{request: "GET /search?q=invoice", status: 500, passed: false, problems: ["GET /search?q=invoice answered 500, expected 200"]}]
+signals:
+  description:
+    - One entry per signal of O(app.signals), read once the app is healthy - C(name), C(source) (where it was read),
+      C(value) (the median of its samples; V(null) when it could not be read, with C(error)), C(baseline) (the baseline's
+      value, compared by the ratio limits), C(passed) and C(problems) (each broken limit, with the numbers).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: quality, source: "GET /answer?q=refund -> quality", value: 0.41, baseline: 0.92, passed: false,
+            problems: ["signal quality is 0.41, below 0.9x the baseline's 0.92 (at least 0.828 allowed)"]}]
 time_to_healthy_s:
   description: Seconds until every service ran and the health URL answered 2xx (V(null) if that never happened within O(wait)).
   returned: always
@@ -162,6 +176,7 @@ outcome:
 """
 
 import os
+import subprocess
 import time
 import typing as t
 
@@ -175,7 +190,15 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     state_failed,
     state_ok,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, run_smoke, summarize
+from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import Exec
+from ansible_collections.selfhost.rollback.plugins.module_utils._health import (
+    judge,
+    probe_once,
+    read_signal,
+    run_smoke,
+    signal_problems,
+    summarize,
+)
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
@@ -204,6 +227,41 @@ def wait_until_healthy(client: t.Any, app: dict[str, t.Any], services: list[str]
         if any(state_failed(s) for s in states.values()) and waited > min(wait, 10):
             return None, waited, states  # it is not coming up; do not burn the whole wait
         time.sleep(0.25)
+
+
+def command_runner(client: t.Any, app: dict[str, t.Any]) -> t.Callable[[str, list[str], float], tuple[int, str]]:
+    """Run a signal's command in the running container of a service: exit code and output."""
+    def run(service: str, command: list[str], timeout: float) -> tuple[int, str]:
+        running = sorted((c for c in project_containers(client, app["project_name"])
+                          if c.labels.get("com.docker.compose.service") == service and c.status == "running"),
+                         key=lambda c: c.name)
+        if not running:
+            return 125, f"service {service} has no running container"
+        try:
+            proc = Exec(running[0].id, f"app {app['name']}").run(command, "reading a signal", check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return 124, f"no answer within {timeout:g} s"
+        return proc.returncode, (proc.stdout or proc.stderr).decode(errors="replace")
+    return run
+
+
+def judge_signals(app: dict[str, t.Any], readings: list[dict[str, t.Any]], baseline: dict[str, t.Any] | None,
+                  mode: str) -> tuple[list[dict[str, t.Any]], list[str], list[str]]:
+    """Each signal with its baseline value and verdict; the gate's reasons; warnings (a ratio with no baseline value)."""
+    specs = {spec["name"]: spec for spec in app.get("signals") or []}
+    recorded = (baseline or {}).get("signals") or {}
+    judged, reasons, warnings = [], [], []
+    for reading in readings:
+        spec = specs[reading["name"]]
+        before = None if mode == "baseline" else recorded.get(reading["name"])
+        if mode != "baseline" and before is None and (spec.get("min_ratio") is not None or spec.get("max_ratio") is not None):
+            warnings.append(f"signal {reading['name']} has no value in the baseline; judged by its absolute limits only")
+        problems = signal_problems(spec, reading, before)
+        if problems and mode == "baseline":
+            problems = [p + f" (fix app.signals[{reading['name']}], or the app, before recording a baseline)" for p in problems]
+        judged.append(dict(reading, baseline=before, passed=not problems, problems=problems))
+        reasons.extend(problems)
+    return judged, reasons, warnings
 
 
 def gate(module: AppModule) -> dict[str, t.Any]:
@@ -249,12 +307,23 @@ def gate(module: AppModule) -> dict[str, t.Any]:
         passed = False
         reasons.append("smoke request " + "; ".join(failed_smoke)
                        + (" (fix the request in app.smoke, or the app, before recording a baseline)" if params["mode"] == "baseline" else ""))
+    # the numbers an AI app is judged by beyond HTTP status: quality, cost, tokens, queue depth...
+    readings = [read_signal(spec, health["url"], command_runner(client, app)) for spec in app.get("signals") or []] \
+        if time_to_healthy is not None else []
+    signals, signal_reasons, signal_warnings = judge_signals(app, readings, judged_against, params["mode"])
+    if signal_reasons:
+        passed = False
+        reasons.extend(signal_reasons)
     if params["mode"] == "check" and judged_against is None:
         module.warn(f"app {name}: no baseline {baseline_name!r} in the ledger; judged by absolute limits only")
+    elif params["mode"] == "check":
+        for warning in signal_warnings:
+            module.warn(f"app {name}: {warning}")
     changed = False
     if params["mode"] == "baseline" and passed:
         record = {"format": 1, "app": name, "name": baseline_name, "taken_at": iso(), "figures": figures,
-                  "containers": states, "time_to_healthy_s": time_to_healthy}
+                  "containers": states, "time_to_healthy_s": time_to_healthy,
+                  "signals": {reading["name"]: reading["value"] for reading in readings}}
         changed = True
         if not module.check_mode:
             with module.lock("health baseline", timeout=30):
@@ -262,7 +331,7 @@ def gate(module: AppModule) -> dict[str, t.Any]:
         judged_against = record
     result = {"changed": changed, "passed": passed, "outcome": "passed" if passed else "failed", "reasons": reasons,
               "figures": figures, "baseline": judged_against, "baseline_name": baseline_name, "containers": states,
-              "time_to_healthy_s": time_to_healthy, "smoke": smoke}
+              "time_to_healthy_s": time_to_healthy, "smoke": smoke, "signals": signals}
     if not passed and params["mode"] != "probe":
         verb = "cannot be the baseline" if params["mode"] == "baseline" else "failed its health gate"
         module.fail(f"app {name} {verb}: " + "; ".join(reasons), **result)

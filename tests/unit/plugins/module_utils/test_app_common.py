@@ -150,3 +150,25 @@ def test_project_files_follow_include_extends_and_env_file(tmp_path):
     assert sorted(project_files(resolved)) == [".env", "app.env", "cache.env", "common/base.yaml", "compose.yaml",
                                                "stacks/cache.yaml", "stacks/db.env", "stacks/db.yaml"]
     assert env_files(resolved) == {".env", "app.env", "cache.env", "stacks/db.env"}
+
+
+@pytest.mark.parametrize(
+    ("signals", "message"),
+    [
+        ([{"name": "q", "path": "/a", "min": 1}, {"name": "q", "path": "/b", "min": 1}], "signal 'q' is declared twice"),
+        ([{"name": "q", "min": 1}], "needs exactly one of path .* or command"),
+        ([{"name": "q", "path": "/a", "command": ["x"], "min": 1}], "needs exactly one of path"),
+        ([{"name": "q", "command": ["depth"], "min": 1}], "names no service"),
+        ([{"name": "q", "path": "/a"}], "signal 'q' has no limit"),
+    ],
+)
+def test_bad_signals_say_what_to_fix(tmp_path, signals, message):
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    with pytest.raises(AppError, match=message):
+        validate_app(app(tmp_path, signals=signals))
+
+
+def test_a_smoke_pattern_that_is_not_a_regex_is_named(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    with pytest.raises(AppError, match="matches '\\(' is not a regular expression"):
+        validate_app(app(tmp_path, smoke=[{"path": "/", "matches": "("}]))

@@ -95,3 +95,46 @@ def test_a_smoke_request_names_what_its_answer_lacks():
         "GET /search?q=mugs answered 500, expected 200",
         "GET /search?q=mugs does not contain '7, 14' (answer: '{\"error\": \"index of item 7 is unreadable\"}')"]
     assert _health.smoke_problems(dict(spec, contains=None), 0, "") == ["GET /search?q=mugs answered nothing, expected 200"]
+
+
+def test_answer_checks_match_text_patterns_and_json_values():
+    spec = {"path": "/answer?q=refund", "matches": r"refund(ed)? within \d+ days", "json": {"choices.0.finish": "stop"}}
+    good = '{"choices": [{"finish": "stop", "text": "refunded within 14 days"}]}'
+    assert _health.smoke_problems(spec, 200, good) == []
+    bad = '{"choices": [{"finish": "length", "text": "I cannot help"}]}'
+    problems = _health.smoke_problems(spec, 200, bad)
+    assert problems[0].startswith("GET /answer?q=refund does not match 'refund(ed)? within \\\\d+ days'")
+    assert problems[1] == "GET /answer?q=refund: choices.0.finish is 'length', expected 'stop'"
+    assert _health.smoke_problems(dict(spec, matches=None), 200, "<html>") == ["GET /answer?q=refund did not answer JSON (answer: '<html>')"]
+
+
+def test_json_paths_name_the_missing_step():
+    document = {"usage": {"total_tokens": 412}, "choices": [{"score": 0.9}]}
+    assert _health.json_value(document, "usage.total_tokens") == 412
+    assert _health.json_value(document, "choices.0.score") == 0.9
+    with pytest.raises(KeyError, match="nothing at 'cost'"):
+        _health.json_value(document, "usage.cost")
+
+
+def test_signals_are_judged_by_limits_and_by_their_ratio_to_the_baseline():
+    quality = {"name": "quality", "path": "/answer", "json": "quality", "min": 0.3, "min_ratio": 0.9}
+    cost = {"name": "tokens", "path": "/answer", "json": "usage.tokens", "max_ratio": 1.5}
+    assert _health.signal_problems(quality, {"value": 0.9}, 0.92) == []
+    assert _health.signal_problems(quality, {"value": 0.41}, 0.92) == [
+        "signal quality is 0.41, below 0.9x the baseline's 0.92 (at least 0.828 allowed)"]
+    assert _health.signal_problems(quality, {"value": 0.2}, None) == ["signal quality is 0.2, below its minimum 0.3"]
+    assert _health.signal_problems(cost, {"value": 700}, 400) == [
+        "signal tokens is 700, above 1.5x the baseline's 400 (at most 600 allowed)"]
+    assert _health.signal_problems(cost, {"error": "GET /answer answered 500"}, 400) == [
+        "signal tokens could not be read: GET /answer answered 500"]
+
+
+def test_signals_read_from_commands_take_the_median_and_name_what_failed():
+    spec = {"name": "queue", "service": "worker", "command": ["queue-depth"], "samples": 3, "max": 100}
+    outputs = iter([(0, "depth\n12\n"), (0, "40"), (0, "13\n")])
+    reading = _health.read_signal(spec, "http://127.0.0.1:1/healthz", lambda service, command, timeout: next(outputs))
+    assert reading == {"name": "queue", "source": "'queue-depth' in service worker", "value": 13.0}
+    failing = _health.read_signal(spec, "http://127.0.0.1:1/healthz", lambda *args: (1, "no such queue\n"))
+    assert failing["value"] is None and failing["error"] == "'queue-depth' in service worker exited with code 1: 'no such queue'"
+    words = _health.read_signal(dict(spec, samples=1), "http://x", lambda *args: (0, "many"))
+    assert words["error"] == "'queue-depth' in service worker is 'many', not a number"
