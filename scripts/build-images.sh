@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 REGISTRY="${SELFHOST_REGISTRY:-127.0.0.1:5000}"
 BASE_IMAGE="selfhost/base:bookworm"
 BASE_PACKAGES="python3,python3-psycopg2,postgresql-15,sqlite3,passwd"
-NOTES_VERSIONS="${NOTES_VERSIONS:-1.0 1.1 2.0 2.1}"
+NOTES_VERSIONS="${NOTES_VERSIONS:-1.0 1.1 2.0 2.1 2.2}"
 export DOCKER_BUILDKIT=0  # the classic builder ships with the engine; buildx may be absent
 
 say() { printf '\033[1m[images]\033[0m %s\n' "$*"; }

@@ -172,3 +172,46 @@ def test_killed_upgrade_converges_and_blocked_rollback_refuses(demo_app, run_pla
     assert "is blocked, nothing was changed: schema: the live schema 3 is newer than the target's 2" in refusal
     assert (demo_app.container_ids(), (demo_app.project_dir / ".env").read_text()) == before
     assert demo_app.wait_healthy(timeout=5)["version"] == "2.0"
+
+
+def test_an_upgrade_that_degrades_only_quality_is_reverted_by_its_signals(demo_project, run_playbook, tmp_path):
+    """2.2 answers 200 to every probe and smoke request, but its answers are worse and cost more.
+    The signals (a JSON answer's quality score and its tokens) are recorded in the baseline, the
+    upgrade gate fails on them with the numbers, and the revert's gate shows them recovered."""
+    demo = demo_project
+    assert demo.deploy("2.0").returncode == 0, demo.logs()
+    demo.wait_healthy()
+    demo.add_note("refund policy", "refunds are paid within 14 days of a return")
+    question = "/answer?q=refund+policy+days"
+    signals = [{"name": "quality", "path": question, "json": "quality", "min_ratio": 0.9},
+               {"name": "tokens", "path": question, "json": "usage.tokens", "max_ratio": 1.5}]
+
+    # a signal that cannot be read stops the upgrade before anything changes, naming the option to fix
+    broken = write_inventory(tmp_path / "broken.json", group_vars={
+        "rollback_apps": [demo.definition(signals=[dict(signals[0], path="/ask?q=refund")])],
+        "rollback_store": str(demo.store)})
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.2"}}, inventory=broken)
+    assert run.rc != 0
+    failed = next(r for r in run.results if r["status"] == "failed")["result"]["msg"]
+    assert "signal quality could not be read: GET /ask?q=refund -> quality answered 404" in failed, failed
+    assert "fix app.signals[quality]" in failed, failed
+    assert demo.wait_healthy(timeout=5)["version"] == "2.0"
+
+    inventory = write_inventory(tmp_path / "inventory.json", group_vars={
+        "rollback_apps": [demo.definition(signals=signals)], "rollback_store": str(demo.store)})
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "2.2"}}, inventory=inventory)
+    assert run.rc != 0
+    baseline = run.task("Record the health baseline")["result"]
+    assert {s["name"]: s["value"] for s in baseline["signals"]} == {"quality": 1.0, "tokens": 12.0}, baseline["signals"]
+    judged = run.task("Judge it against the baseline")["result"]
+    assert judged["figures"]["errors"] == 0 and all(s["passed"] for s in judged["smoke"]), judged["figures"]
+    failure = run.task("Report the failed upgrade and the revert")["result"]["msg"]
+    assert "signal quality is 0, below 0.9x the baseline's 1 (at least 0.9 allowed)" in failure, failure
+    assert "signal tokens is 31, above 1.5x the baseline's 12 (at most 18 allowed)" in failure, failure
+    op = last_operation(demo)
+    assert (op["kind"], op["outcome"]) == ("upgrade", "reverted"), op
+    # back on 2.0, and the revert's own gate (against 2.0's baseline) shows the numbers recovered
+    recovered = run.task("Check health against the release's baseline")["result"]
+    assert [(s["name"], s["value"], s["baseline"], s["passed"]) for s in recovered["signals"]] == [
+        ("quality", 1.0, 1.0, True), ("tokens", 12.0, 12.0, True)], recovered["signals"]
+    assert demo.wait_healthy(timeout=5)["version"] == "2.0"
