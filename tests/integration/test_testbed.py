@@ -9,7 +9,7 @@ import urllib.request
 
 from conftest import NOTES_IMAGE, REGISTRY
 
-VERSIONS = ["1.0", "1.1", "2.0", "2.1"]
+VERSIONS = ["1.0", "1.1", "2.0", "2.1", "2.2"]
 
 
 def registry_digest(repository: str, tag: str) -> str:
