@@ -176,7 +176,9 @@ drill_id:
   type: str
   sample: d-20261122T030000Z-7c1e
 passed:
-  description: Whether every check passed.
+  description:
+    - Whether every check passed.
+    - V(null) in check mode, where nothing is built and nothing is checked; the verdict is unknown until a drill runs.
   returned: always
   type: bool
 release_id:
@@ -251,7 +253,7 @@ def argument_spec() -> dict[str, t.Any]:
         "target": {"type": "str", "default": "previous"},
         "set_id": {"type": "str"},
         "verify": {"type": "str", "choices": ["deep", "recorded"], "default": "deep"},
-        "env": {"type": "dict", "default": {}},
+        "env": {"type": "dict", "default": {}, "no_log": True},
         "smoke": {"type": "list", "elements": "dict", "default": [], "options": SMOKE_OPTIONS},
         "probes": {"type": "int", "default": 10},
         "max_error_rate": {"type": "float", "default": 0.0},
@@ -291,7 +293,8 @@ def run_drill(module: AppModule) -> dict[str, t.Any]:
     if module.check_mode:
         target, entry, _current = drill.select()
         found = _drill.labelled(client, app["name"], drill.tag)
-        result.update(changed=True, passed=True, release_id=target["release_id"], set_id=entry["set_id"],
+        # nothing is built and nothing checked, so the verdict is unknown, not a pass
+        result.update(changed=True, passed=None, release_id=target["release_id"], set_id=entry["set_id"],
                       swept=[f"{kind[:-1]} {r.name}" for kind, rows in found.items() for r in rows])
         return result
     with module.lock(f"drill {drill.drill_id}"):

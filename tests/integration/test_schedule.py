@@ -40,6 +40,8 @@ def test_systemd_timers_quartet_and_removal(run_playbook, tmp_path):
         f"selfhost-rollback-{job}.{kind}" for job in ("backup", "drill", "report") for kind in ("service", "timer"))
     service = (units / "selfhost-rollback-drill.service").read_text()
     timer = (units / "selfhost-rollback-drill.timer").read_text()
+    # the units may carry schedule_env: readable by root only
+    assert {oct(p.stat().st_mode & 0o777) for p in units.glob("selfhost-rollback-*")} == {"0o600"}
     assert f"-i {inventory} selfhost.rollback.drill" in service and "Type=oneshot" in service
     assert 'Environment="ANSIBLE_COLLECTIONS_PATH=/opt/collections"' in service
     assert "OnCalendar=Sun *-*-* 03:30:00" in timer and "Persistent=true" in timer
@@ -66,6 +68,7 @@ def test_cron_file(run_playbook, tmp_path):
                                     "cron": "30 3 * * 0", "extra_args": ["-e", "drill_target=previous"]}])
     run = run_playbook(book)
     assert run.rc == 0, run.stdout[-2000:]
+    assert cron.stat().st_mode & 0o777 == 0o600  # it may carry schedule_env
     lines = [line for line in cron.read_text().splitlines() if line.startswith("30 3")]
     assert len(lines) == 1
     line = lines[0]
