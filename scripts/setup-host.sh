@@ -54,6 +54,8 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v setfacl >/dev/null 2>&1 || need+=(acl)
 command -v setcap >/dev/null 2>&1 || need+=(libcap2-bin)
 command -v bsdtar >/dev/null 2>&1 || need+=(libarchive-tools)
+# the report's metrics are read back through a real node exporter
+command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
 if [ "${#need[@]}" -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # 2. Compose v2 CLI plugin (bookworm only has v1; trixie's package is the v2 plugin).

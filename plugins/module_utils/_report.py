@@ -85,11 +85,18 @@ def drill_mark(drills: list[dict[str, t.Any]], now: datetime.datetime, stale_day
     return "green", f"drill passed {human_age(age)} ago", last
 
 
-def window(release: dict[str, t.Any], releases: list[dict[str, t.Any]], keep_releases: int) -> str:
+def releases_left(release: dict[str, t.Any], releases: list[dict[str, t.Any]], keep_releases: int) -> int | None:
+    """How many more releases may be recorded before this one's window closes (None for the current release)."""
     if release.get("current"):
-        return "current release"
+        return None
     newer = [r for r in releases if (r.get("recorded_at") or "") > (release.get("recorded_at") or "")]
-    left = keep_releases - len(newer)
+    return max(keep_releases - len(newer), 0)
+
+
+def window(release: dict[str, t.Any], releases: list[dict[str, t.Any]], keep_releases: int) -> str:
+    left = releases_left(release, releases, keep_releases)
+    if left is None:
+        return "current release"
     if left <= 0:
         return "closed: its images are past the archive's retention"
     return f"closes after {left} more release{'s' if left != 1 else ''}"
@@ -103,6 +110,13 @@ def restore_points(hosts: list[dict[str, t.Any]], now: datetime.datetime, stale_
         apps = []
         for app in sorted(host.get("apps") or [], key=lambda a: a.get("name") or ""):
             apps.append(_app_model(app, now, stale_days, keep_releases))
+        recorded = {a["name"] for a in apps}
+        for name in sorted(set(host.get("declared") or []) - recorded):  # in the inventory, nothing in the ledger
+            apps.append({"name": name, "current_release": None, "mark": "red", "rollback_to": None,
+                         "note": "declared in the inventory, but the ledger holds nothing for it: no release, no backup "
+                                 "(run selfhost.rollback.pre_upgrade)",
+                         "restore_points": [], "timeline": [], "interrupted_drill": None})
+        apps.sort(key=lambda a: a["name"] or "")
         mark = worst(a["mark"] for a in apps) if apps else "amber"
         out_hosts.append({"host": host.get("host"), "mark": mark, "apps": apps, "collected_at": host.get("collected_at"),
                           "note": "" if apps else "no app in this host's ledger"})
@@ -143,6 +157,7 @@ def _app_model(app: dict[str, t.Any], now: datetime.datetime, stale_days: float,
             "evidence_age_s": age_s(evidence.get("finished_at"), now) if evidence else None,
             "drills": len(own_drills),
             "window": window(release, releases, keep_releases),
+            "releases_left": releases_left(release, releases, keep_releases),
         })
     # "previous" is the ledger's (the app's release history, as rollback and drill read it)
     previous = next((p for p in points if p["release_id"] == app.get("previous_release")), None) \
@@ -152,8 +167,14 @@ def _app_model(app: dict[str, t.Any], now: datetime.datetime, stale_days: float,
                 "current": bool(r.get("current"))} for r in releases]
               + [{"kind": "backup", "at": s.get("created_at"), "label": s.get("set_id"), "ok": bool(s.get("verified"))} for s in sets]
               + [{"kind": "drill", "at": d.get("started_at"), "label": d.get("drill_id"), "ok": bool(d.get("passed"))} for d in drills])
+    verified = sorted((s for s in sets if s.get("verified")), key=lambda s: s.get("created_at") or "")
+    newest = verified[-1] if verified else None
     return {"name": app.get("name"), "current_release": app.get("current_release"),
             "mark": decisive["mark"] if decisive else "red",
+            "newest_verified": {"set_id": newest.get("set_id"), "age_s": age_s(newest.get("created_at"), now),
+                                "bytes": newest.get("bytes")} if newest else None,
+            "last_drill": _drill_view(drills[-1]) if drills else None,
+            "last_drill_age_s": age_s(drills[-1].get("finished_at") or drills[-1].get("started_at"), now) if drills else None,
             "rollback_to": previous["release_id"] if previous else None,
             "note": "" if previous else "only one release recorded: nothing to roll back to yet",
             "restore_points": points, "timeline": sorted((e for e in events if e["at"]), key=lambda e: e["at"]),
@@ -286,3 +307,63 @@ def render_html(model: dict[str, t.Any], title: str = "Restore points") -> str:
                        "● drill (green: passed, red: failed)</div></div>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- metrics (node exporter textfile)
+
+
+MARK_VALUE = {"green": 0, "amber": 1, "red": 2}
+METRICS = (
+    ("selfhost_rollback_app_mark", "The app's restore-point mark: 0 green, 1 amber, 2 red (a declared app with nothing recorded is red)."),
+    ("selfhost_rollback_restore_point_mark", "Each recorded release's restore-point mark: 0 green, 1 amber, 2 red."),
+    ("selfhost_rollback_backup_age_seconds", "Age of the app's newest verified backup set."),
+    ("selfhost_rollback_backup_bytes", "Stored size of the app's newest verified backup set."),
+    ("selfhost_rollback_drill_passed", "Whether the app's last drill passed (1) or failed (0)."),
+    ("selfhost_rollback_drill_age_seconds", "Age of the app's last drill."),
+    ("selfhost_rollback_drill_time_to_healthy_seconds", "Time to healthy measured by the app's last drill."),
+    ("selfhost_rollback_window_releases_left", "Releases that may still be recorded before the rollback target's window closes."),
+    ("selfhost_rollback_report_timestamp_seconds", "When the report was generated (Unix time)."),
+)
+
+
+def _label(value: t.Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_metrics(model: dict[str, t.Any]) -> str:
+    """The report as a node exporter textfile (Prometheus text format): one series per host and app."""
+    samples: dict[str, list[str]] = {name: [] for name, _help in METRICS}
+
+    def add(name: str, labels: dict[str, t.Any], value: t.Any) -> None:
+        if value is None:
+            return
+        shown = ",".join(f'{key}="{_label(labels[key])}"' for key in sorted(labels))
+        samples[name].append(f"{name}{{{shown}}} {float(value):.17g}" if shown else f"{name} {float(value):.17g}")
+
+    for host in model["hosts"]:
+        for app in host["apps"]:
+            labels = {"host": host["host"], "app": app["name"]}
+            add("selfhost_rollback_app_mark", labels, MARK_VALUE[app["mark"]])
+            for point in app["restore_points"]:
+                add("selfhost_rollback_restore_point_mark", dict(labels, release=point["release_id"],
+                                                                 current="true" if point["current"] else "false"),
+                    MARK_VALUE[point["mark"]])
+            newest = app.get("newest_verified") or {}
+            add("selfhost_rollback_backup_age_seconds", labels, newest.get("age_s"))
+            add("selfhost_rollback_backup_bytes", labels, newest.get("bytes"))
+            drill = app.get("last_drill")
+            if drill:
+                add("selfhost_rollback_drill_passed", labels, 1 if drill["passed"] else 0)
+                add("selfhost_rollback_drill_age_seconds", labels, app.get("last_drill_age_s"))
+                add("selfhost_rollback_drill_time_to_healthy_seconds", labels, (drill.get("timings") or {}).get("time_to_healthy_s"))
+            target = next((p for p in app["restore_points"] if p["release_id"] == app.get("rollback_to")), None)
+            if target is not None:
+                add("selfhost_rollback_window_releases_left", labels, target.get("releases_left"))
+        if not host["apps"] and host["mark"] == "red":
+            add("selfhost_rollback_app_mark", {"host": host["host"], "app": ""}, MARK_VALUE["red"])
+    generated = parse_time(model["generated_at"])
+    add("selfhost_rollback_report_timestamp_seconds", {}, generated.timestamp() if generated else None)
+    lines = []
+    for name, text in METRICS:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge"] + samples[name]
+    return "\n".join(lines) + "\n"

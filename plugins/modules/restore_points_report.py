@@ -58,6 +58,17 @@ options:
   now:
     description: The report's time (C(YYYY-MM-DDTHH:MM:SSZ)); by default the current time.
     type: str
+  textfile:
+    description:
+      - Also write the report's figures as a node exporter textfile (Prometheus text format) at this path, for example
+        V(/var/lib/prometheus/node-exporter/selfhost_rollback.prom) (the directory C(--collector.textfile.directory) reads).
+      - "Per host and app, all gauges: C(selfhost_rollback_app_mark) and per release C(selfhost_rollback_restore_point_mark)
+        (0 green, 1 amber, 2 red; a declared app with nothing recorded is red), C(selfhost_rollback_backup_age_seconds) and
+        C(selfhost_rollback_backup_bytes) (the newest verified set), C(selfhost_rollback_drill_passed),
+        C(selfhost_rollback_drill_age_seconds) and C(selfhost_rollback_drill_time_to_healthy_seconds) (the last drill),
+        C(selfhost_rollback_window_releases_left) (of the rollback target), and C(selfhost_rollback_report_timestamp_seconds)."
+      - Written atomically (0644: it holds no secret), so the exporter never reads half a file.
+    type: path
 seealso:
   - module: selfhost.rollback.ledger_info
   - module: selfhost.rollback.drill
@@ -83,6 +94,11 @@ json:
   description: The JSON file with the same figures.
   returned: always
   type: str
+textfile:
+  description: The node exporter textfile written (V(null) without O(textfile)).
+  returned: always
+  type: str
+  sample: /var/lib/prometheus/node-exporter/selfhost_rollback.prom
 mark:
   description: The worst mark of the report (V(green), V(amber) or V(red)).
   returned: always
@@ -116,9 +132,11 @@ reasons:
   sample: []
 """
 
+import contextlib
 import datetime
 import json
 import os
+import tempfile
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _report
@@ -141,6 +159,26 @@ def rows_of(model: dict[str, t.Any]) -> list[str]:
     return rows
 
 
+def write_textfile(path: str, content: bytes) -> None:
+    """Replace ``path`` atomically with a world-readable file (the exporter runs as its own user); the
+    directory is the exporter's and is left as it is."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise OSError(f"{directory} does not exist (the node exporter's --collector.textfile.directory)")
+    fd, tmp = tempfile.mkstemp(prefix=".selfhost-rollback-", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_report(module: AppModule) -> dict[str, t.Any]:
     params = module.params
     if params["now"]:
@@ -153,8 +191,12 @@ def write_report(module: AppModule) -> dict[str, t.Any]:
     page = _report.render_html(model, params["title"]).encode()
     data = (json.dumps(model, indent=2, sort_keys=True) + "\n").encode()
     paths = {"html": os.path.join(params["dest"], "restore-points.html"), "json": os.path.join(params["dest"], "restore-points.json")}
+    files = [("html", page), ("json", data)]
+    if params["textfile"]:
+        paths["textfile"] = params["textfile"]
+        files.append(("textfile", _report.render_metrics(model).encode()))
     changed = False
-    for key, content in (("html", page), ("json", data)):
+    for key, content in files:
         existing = None
         if os.path.isfile(paths[key]):
             with open(paths[key], "rb") as handle:
@@ -163,12 +205,15 @@ def write_report(module: AppModule) -> dict[str, t.Any]:
             changed = True
             if not module.check_mode:
                 try:
-                    ensure_dir(params["dest"])
-                    atomic_write_bytes(paths[key], content)
+                    if key == "textfile":
+                        write_textfile(paths[key], content)
+                    else:
+                        ensure_dir(params["dest"])
+                        atomic_write_bytes(paths[key], content)
                 except (OSError, LedgerError) as exc:
                     raise OperatorError(f"the report could not be written to {paths[key]} ({exc}); choose a writable dest") from exc
-    return {"changed": changed, "html": paths["html"], "json": paths["json"], "mark": model["mark"], "counts": model["counts"],
-            "rows": rows_of(model)}
+    return {"changed": changed, "html": paths["html"], "json": paths["json"], "textfile": paths.get("textfile"),
+            "mark": model["mark"], "counts": model["counts"], "rows": rows_of(model)}
 
 
 def main() -> None:
@@ -181,6 +226,7 @@ def main() -> None:
             "keep_releases": {"type": "int", "default": 3},
             "title": {"type": "str", "default": "Restore points"},
             "now": {"type": "str"},
+            "textfile": {"type": "path"},
         },
         app=False, docker=False,
         os_failure="reading or writing the report failed ({exc}); choose a dest that this user may read and write",

@@ -1,4 +1,5 @@
-"""The restore-points report against a real ledger, rendered in a real headless browser."""
+"""The restore-points report against a real ledger, rendered in a real headless browser and read back
+through a real node exporter."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import re
 import shutil
 import struct
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import VENV_PYTHON, write_inventory
+from conftest import VENV_PYTHON, free_port, write_inventory
 
 
 def chromium() -> str:
@@ -93,3 +96,48 @@ def test_report_after_a_drill_renders_and_matches_the_ledger(demo_app, run_playb
     width, height = png_size(png)
     assert (width, height) == (1280, 1600) and png.stat().st_size > 20000
     shutil.copy(png, Path(os.environ.get("SELFHOST_REPORT_SCREENSHOT", tmp_path / "kept.png")))
+
+    # the same figures through a real node exporter; an app declared but never recorded is red there
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    declared = [demo_app.definition(), {"name": "forgotten", "project_dir": str(tmp_path)}]
+    run = run_playbook("selfhost.rollback.report", {"report_dest": str(dest), "report_textfile": str(textdir / "selfhost.prom"),
+                                                    "rollback_apps": declared}, inventory=inventory)
+    assert run.task("Write the report on the controller")["result"]["textfile"] == str(textdir / "selfhost.prom")
+    assert oct((textdir / "selfhost.prom").stat().st_mode & 0o777) == "0o644"
+    metrics = scrape_node_exporter(textdir)
+    labels = f'app="{demo_app.name}",host="localhost"'
+    assert metrics[f"selfhost_rollback_app_mark{{{labels}}}"] == 0
+    assert metrics['selfhost_rollback_app_mark{app="forgotten",host="localhost"}'] == 2
+    assert metrics[f"selfhost_rollback_drill_passed{{{labels}}}"] == 1
+    assert metrics[f"selfhost_rollback_drill_time_to_healthy_seconds{{{labels}}}"] == pytest.approx(record["timings"]["time_to_healthy_s"])
+    model = json.loads((dest / "restore-points.json").read_text())
+    app = next(a for h in model["hosts"] if h["host"] == "localhost" for a in h["apps"] if a["name"] == demo_app.name)
+    assert metrics[f"selfhost_rollback_backup_bytes{{{labels}}}"] == app["newest_verified"]["bytes"] > 0
+    assert abs(metrics[f"selfhost_rollback_backup_age_seconds{{{labels}}}"] - app["newest_verified"]["age_s"]) <= 1
+    assert metrics['selfhost_rollback_app_mark{app="",host="ghost"}'] == 2
+
+
+def scrape_node_exporter(textdir: Path) -> dict[str, float]:
+    """Start Debian's prometheus-node-exporter on the textfile directory only, scrape it once, stop it."""
+    port = free_port()
+    exporter = subprocess.Popen(["prometheus-node-exporter", "--collector.disable-defaults", "--collector.textfile",
+                                 f"--collector.textfile.directory={textdir}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    text = response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=10)
+    assert "node_textfile_scrape_error 0" in text, text[-500:]
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("selfhost_rollback_")}

@@ -129,3 +129,23 @@ def test_page_is_self_contained_escaped_and_stable():
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert 'class="t-restore">1.0 s<' in page and 'class="t-healthy">3.0 s<' in page
     assert page == _report.render_html(_report.restore_points(hosts, NOW, 7, 3))
+
+
+def test_metrics_carry_the_report_figures_and_a_declared_app_without_a_ledger_is_red():
+    hosts = ledger([drill(True, 1)])
+    hosts[0]["apps"][0]["sets"][0]["bytes"] = 2048
+    hosts[0]["declared"] = ["notes", "forgotten"]
+    model = _report.restore_points(hosts, NOW, 7, 3)
+    forgotten = next(a for a in model["hosts"][0]["apps"] if a["name"] == "forgotten")
+    assert forgotten["mark"] == "red" and "nothing for it" in forgotten["note"]
+    text = _report.render_metrics(model)
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert values['selfhost_rollback_app_mark{app="notes",host="h1"}'] == 0
+    assert values['selfhost_rollback_app_mark{app="forgotten",host="h1"}'] == 2
+    assert values['selfhost_rollback_restore_point_mark{app="notes",current="false",host="h1",release="r1"}'] == 0
+    assert values['selfhost_rollback_backup_bytes{app="notes",host="h1"}'] == 2048
+    assert values['selfhost_rollback_backup_age_seconds{app="notes",host="h1"}'] == 2 * 86400 + 3 * 3600
+    assert values['selfhost_rollback_drill_passed{app="notes",host="h1"}'] == 1
+    assert values['selfhost_rollback_drill_time_to_healthy_seconds{app="notes",host="h1"}'] == 6
+    assert values['selfhost_rollback_window_releases_left{app="notes",host="h1"}'] == 2
+    assert "# TYPE selfhost_rollback_app_mark gauge" in text and text.endswith("\n")
