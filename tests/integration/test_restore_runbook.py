@@ -16,41 +16,31 @@ import subprocess
 from pathlib import Path
 
 import fidelity
-from conftest import REPO, http
+from conftest import REPO, http, write_inventory
 
 RUNBOOK = REPO / "docs" / "restore-runbook.md"
 
 
-def playbook(tmp_path: Path, name: str, tasks: list) -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps([{"name": name.replace(".yml", "").replace("-", " "), "hosts": "all", "gather_facts": False,
-                                 "vars_files": ["app.json"], "tasks": tasks}], indent=2))
-    return path
-
-
 def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
+    """Every step runs a playbook the collection ships, by FQCN, with -e options named as the modules'."""
     demo = demo_app
-    app = demo.definition()
-    (tmp_path / "app.json").write_text(json.dumps({"app": app, "store": str(demo.store)}))
+    inventory = write_inventory(tmp_path / "inventory.json",
+                                group_vars={"rollback_apps": [demo.definition()], "rollback_store": str(demo.store)})
     for title in ("groceries", "meeting notes", "ideas"):
         demo.add_note(title)
     http("POST", f"{demo.url}/uploads/photo.jpg", b"\xff\xd8" + os.urandom(2000))
 
-    common = {"app": "{{ app }}", "store": "{{ store }}"}
-    run = run_playbook(playbook(tmp_path, "backup.yml", [
-        {"name": "Back up", "selfhost.rollback.backup": common, "register": "backup"},
-        {"name": "Prove it", "selfhost.rollback.backup_verify": common},
-    ]))
-    assert run.rc == 0, run.stdout
-    set_id = run.task("Back up")["result"]["set_id"]
+    run = run_playbook("selfhost.rollback.backup", {"app": demo.name}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    set_id = run.task("Back up")["result"]["results"][0]["set_id"]
+    proven = run_playbook("selfhost.rollback.verify", {"app": demo.name, "set_id": set_id}, inventory=inventory)
+    assert proven.rc == 0, proven.stdout[-3000:]
 
     # the bad day: a faulty upgrade writes garbage; before anything else, what would a restore discard?
     demo.add_note("garbage from the faulty upgrade")
-    preview = run_playbook(playbook(tmp_path, "restore.yml", [
-        {"name": "Restore", "selfhost.rollback.restore": {**common, "set_id": set_id}, "register": "r"},
-        {"name": "What it would discard", "ansible.builtin.debug": {"var": "r.lost.summary"}},
-    ]), check=True)
-    assert preview.rc == 0, preview.stdout
+    pick = {"app": demo.name, "set_id": set_id}
+    preview = run_playbook("selfhost.rollback.restore", pick, inventory=inventory, check=True)
+    assert preview.rc == 0, preview.stdout[-3000:]
     assert "public.notes has 4 rows now, 3 in the set" in preview.task("Restore")["result"]["lost"]["summary"]
     # and then someone deletes the volumes
     demo.compose("down", "-v", "--timeout", "5")
@@ -60,20 +50,17 @@ def test_restore_runbook_from_a_real_run(demo_app, run_playbook, tmp_path):
                              f"{demo.store}/{demo.name}/backups/{set_id}/verification.json"],
                             capture_output=True, text=True, check=False).stdout if _has_jq() else ""
 
-    verify = run_playbook(playbook(tmp_path, "verify.yml", [
-        {"name": "Verify the set", "selfhost.rollback.backup_verify": {**common, "set_id": set_id}, "register": "v"},
-        {"name": "Show the verdict", "ansible.builtin.debug": {"msg": "{{ v.passed }} {{ v.failures }}"}},
-    ]))
+    verify = run_playbook("selfhost.rollback.verify", pick, inventory=inventory)
     assert verify.rc == 0, verify.stdout
-    restore = run_playbook(playbook(tmp_path, "restore.yml", [
-        {"name": "Restore", "selfhost.rollback.restore": {**common, "set_id": set_id}, "register": "r"},
-        {"name": "What was done", "ansible.builtin.debug": {"var": "r.actions"}},
-        {"name": "How long it took", "ansible.builtin.debug": {"var": "r.timings"}},
-    ]))
+    restore = run_playbook("selfhost.rollback.restore", pick, inventory=inventory)
     assert restore.rc == 0, restore.stdout
     health = http("GET", f"{demo.url}/healthz")
     notes = [n["title"] for n in demo.notes()]
     assert health[0] == 200 and notes == ["groceries", "meeting notes", "ideas"]
+    # a restore never runs on every app at once: without -e app it refuses, changing nothing
+    refused = run_playbook("selfhost.rollback.restore", {"set_id": set_id}, inventory=inventory)
+    assert refused.rc != 0 and "name the app to restore with -e app=NAME" in refused.stdout
+    run = proven
 
     # without the collection: the stock tools alone put a volume's archive back, exactly
     archive = demo.store / demo.name / "backups" / set_id / "volume-uploads.tar.zst"
@@ -146,22 +133,13 @@ Pick the newest set taken **before** things went wrong whose last verification s
 
 ## 2. Verify it (again)
 
-```yaml
-# verify.yml
-- hosts: notes_host
-  gather_facts: false
-  tasks:
-    - name: Verify the set
-      selfhost.rollback.backup_verify:
-        app: "{{{{ rollback_apps[0] }}}}"
-        set_id: {set_id}
-      register: v
-```
+The collection ships the playbook; nothing to write. `-e` options are named as the module's
+(`set_id`, `checks`):
 
 Real output:
 
 ```console
-$ ansible-playbook verify.yml
+$ ansible-playbook -i inventory.yml selfhost.rollback.verify -e app=notes -e set_id={set_id}
 {c(tasks_only(verify.stdout))}
 ```
 
@@ -182,28 +160,21 @@ per table, the rows now and in the set, and per volume or path the files added, 
 since (here, while the faulty version still ran):
 
 ```console
-$ ansible-playbook restore.yml --check
+$ ansible-playbook -i inventory.yml selfhost.rollback.restore -e app=notes -e set_id={set_id} --check
 {c(tasks_only(preview.stdout))}
 ```
 
 ## 4. Restore
 
-```yaml
-# restore.yml
-- hosts: notes_host
-  gather_facts: false
-  tasks:
-    - name: Restore
-      selfhost.rollback.restore:
-        app: "{{{{ rollback_apps[0] }}}}"
-        set_id: {set_id}
-      register: r
-```
+The same playbook without `--check`. It restores one app only: without `-e app=NAME` it refuses.
+`-e '{{"target": {{"project_name": "notes-copy", "project_dir": "/srv/notes-copy"}}}}'` restores into
+a copy instead, `-e start=none` leaves the app stopped, `-e force=true` restores a set the app
+still holds.
 
 Real output (the volumes had been deleted with `docker compose down -v` before this run):
 
 ```console
-$ ansible-playbook restore.yml
+$ ansible-playbook -i inventory.yml selfhost.rollback.restore -e app=notes -e set_id={set_id}
 {c(tasks_only(restore.stdout))}
 ```
 
@@ -250,15 +221,13 @@ reads the same archive and compares every file's sha256 with the manifest.
 
 ## Rehearse it (drill)
 
-Restore into a copy instead of the live app — same module, with a target:
+Restore into a copy instead of the live app: the same playbook with a target (a copy of
+`/srv/notes` with another port in its `.env`), or let `selfhost.rollback.drill` build the copy,
+boot the release on it, check it and tear it down:
 
-```yaml
-- name: Restore into a scratch copy
-  selfhost.rollback.restore:
-    app: "{{{{ rollback_apps[0] }}}}"
-    target:
-      project_name: notes-drill
-      project_dir: /srv/drills/notes     # a copy of /srv/notes with another port in .env
-    start: all
+```console
+$ ansible-playbook -i inventory.yml selfhost.rollback.restore -e app=notes -e set_id={set_id} \\
+    -e '{{"target": {{"project_name": "notes-drill", "project_dir": "/srv/drills/notes"}}, "start": "all"}}'
+$ ansible-playbook -i inventory.yml selfhost.rollback.drill -e drill_target=current
 ```
 """
