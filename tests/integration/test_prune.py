@@ -51,3 +51,21 @@ def test_prune_quartet(demo_project, module_playbook):
     for check in (True, False):
         run, result = module_playbook(PRUNE, params, check=check)
         assert run.rc == 0 and result["changed"] is False and result["removed"] == []
+
+
+def test_thirty_daily_sets_under_keep_last_7_through_the_prune_playbook(demo_project, run_playbook, tmp_path):
+    """The shipped playbook, as a schedule would run it: seven sets stay, plus what a retained release needs."""
+    from conftest import write_inventory
+
+    store, app = demo_project.store, demo_project.name
+    (store / app / "releases").mkdir(parents=True)
+    (store / app / "releases" / "r-old.json").write_text(json.dumps({"release_id": "r-old"}))
+    needed = fake_set(store, app, 45, "r-old", True)
+    daily = [fake_set(store, app, days, None, True) for days in range(30, 0, -1)]
+    inventory = write_inventory(tmp_path / "inventory.json", group_vars={
+        "rollback_apps": [demo_project.definition()], "rollback_store": str(store)})
+    run = run_playbook("selfhost.rollback.prune", {"keep_last": 7}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-2000:]
+    assert sorted(os.listdir(store / app / "backups")) == sorted([needed] + daily[-7:])
+    again = run_playbook("selfhost.rollback.prune", {"keep_last": 7}, inventory=inventory)
+    assert again.rc == 0 and again.task("Prune")["result"]["changed"] is False
