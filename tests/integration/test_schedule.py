@@ -37,7 +37,8 @@ def test_systemd_timers_quartet_and_removal(run_playbook, tmp_path):
     real = run_playbook(book)
     assert real.rc == 0 and changed(real) == {"Write the services", "Write the timers"}, real.stdout[-2000:]
     assert sorted(p.name for p in units.iterdir()) == sorted(
-        f"selfhost-rollback-{job}.{kind}" for job in ("backup", "drill", "report") for kind in ("service", "timer"))
+        f"selfhost-rollback-{job}.{kind}" for job in ("backup", "prune", "drill", "report") for kind in ("service", "timer"))
+    assert "selfhost.rollback.prune -e keep_last=14" in (units / "selfhost-rollback-prune.service").read_text()
     service = (units / "selfhost-rollback-drill.service").read_text()
     timer = (units / "selfhost-rollback-drill.timer").read_text()
     # the units may carry schedule_env: readable by root only
