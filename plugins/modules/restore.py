@@ -145,7 +145,7 @@ lost:
            summary: "everything written in the last 10 min (public.notes has 14 rows now, 12 in the set)"}
 not_restored:
   description:
-    - What the target filesystem did not accept while the files were written back, per entry (at most 20 per item):
+    - What the target filesystem did not accept while the files were written back, per entry (at most 20 per item) -
       C(item), C(path), C(what) (V(owner), V(acl), V(xattr <name>) or V(mtime)) and C(reason). Empty when everything
       the set holds was put back.
     - The same is said in RV(actions) and as a warning; nothing is dropped silently.
