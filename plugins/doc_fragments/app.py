@@ -108,8 +108,8 @@ options:
             type: str
           json:
             description:
-              - Values the answer, read as JSON, must hold, by dotted path (list items by index), for example
-                V({"choices.0.finish_reason": "stop", "model": "llama3"}).
+              - "Values the answer, read as JSON, must hold, by dotted path (list items by index), for example
+                V({\"choices.0.finish_reason\": \"stop\", \"model\": \"llama3\"})."
             type: dict
           timeout:
             description: Seconds to wait for the answer.
