@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write each role's README.md from its meta/argument_specs.yml, the one place its variables are documented.
 
     python scripts/role_readmes.py          # rewrite the READMEs

@@ -48,6 +48,8 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._tree import (
 
 BLOCK = 512
 SPARSE_PLACEHOLDER = "GNUSparseFile.0/sparse"
+
+
 class UnsafeMember(ArchiveError):
     """A member that would land outside the target, or a device file."""
 

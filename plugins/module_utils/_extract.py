@@ -26,6 +26,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._archive import 
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._tree import DIR_FLAGS, PAX_ACL, record_xattrs, remove_at
 
+
 class Extracted(t.NamedTuple):
     """What an extraction wrote: the member count, and what the target filesystem could not hold."""
 

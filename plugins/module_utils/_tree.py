@@ -31,7 +31,10 @@ TYPE_DIR = "dir"
 TYPE_SYMLINK = "symlink"
 TYPE_HARDLINK = "hardlink"
 TYPE_FIFO = "fifo"
+
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class ArchiveError(Exception):
     """A tree or an archive that cannot be read or written; the message is for the operator."""
 

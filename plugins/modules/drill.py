@@ -92,6 +92,12 @@ options:
       contains:
         description: Text the answer must contain.
         type: str
+      matches:
+        description: A regular expression the answer must match (Python's C(re.search)).
+        type: str
+      json:
+        description: Values the answer, read as JSON, must hold, by dotted path (list items by index).
+        type: dict
       timeout:
         description: Seconds to wait for the answer.
         type: float

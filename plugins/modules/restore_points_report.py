@@ -67,7 +67,7 @@ options:
         C(selfhost_rollback_backup_bytes) (the newest verified set), C(selfhost_rollback_drill_passed),
         C(selfhost_rollback_drill_age_seconds) and C(selfhost_rollback_drill_time_to_healthy_seconds) (the last drill),
         C(selfhost_rollback_window_releases_left) (of the rollback target), and C(selfhost_rollback_report_timestamp_seconds)."
-      - Written atomically (0644: it holds no secret), so the exporter never reads half a file.
+      - Written atomically (0644, it holds no secret), so the exporter never reads half a file.
     type: path
 seealso:
   - module: selfhost.rollback.ledger_info

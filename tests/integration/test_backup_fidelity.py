@@ -7,7 +7,6 @@ bsdtar, the way the restore runbook tells an operator to by hand."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import uuid
@@ -23,7 +22,6 @@ BUSYBOX = "127.0.0.1:5000/selfhost/tools:busybox"
 
 pytestmark = pytest.mark.skipif(not shutil.which("setfacl") or not shutil.which("setcap") or not shutil.which("bsdtar"),
                                 reason="make setup installs acl, libcap2-bin and libarchive-tools")
-
 
 
 def test_a_hostile_tree_round_trips_exactly_and_stock_tools_extract_it(tmp_path, module_playbook, docker_client, registry):
@@ -71,12 +69,12 @@ def test_a_hostile_tree_round_trips_exactly_and_stock_tools_extract_it(tmp_path,
             dest = tmp_path / tool.replace(" ", "-")
             dest.mkdir()
             proc = subprocess.run(["bash", "-o", "pipefail", "-c", line.format(archive=archive, dest=dest)],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, check=False)
             assert proc.returncode == 0, (tool, proc.stderr[-2000:])
             found = fidelity.snapshot(str(dest))
             if tool == "bsdtar":  # bsdtar leaves the time of the directory it extracts into as it was
                 found[b"."]["mtime_ns"] = expected["store"][b"."]["mtime_ns"]
             assert fidelity.differences(expected["store"], found)[:10] == [], tool
     finally:
-        subprocess.run(compose + ["down", "-v"], capture_output=True)
+        subprocess.run(compose + ["down", "-v"], capture_output=True, check=False)
         shutil.rmtree(project / "shared", ignore_errors=True)
