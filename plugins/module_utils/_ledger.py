@@ -64,22 +64,31 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part."""
-    directory = os.path.dirname(path)
-    ensure_dir(directory)
+def replace_file(path: str, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` (``mode``) so that readers see the old or the new file, never a part;
+    the directory must exist and keeps its own mode."""
+    directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(directory)
-    except OSError as exc:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600, in a 0700 directory made when missing), never seen half-written."""
+    ensure_dir(os.path.dirname(path))
+    try:
+        replace_file(path, data)
+    except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise LedgerError(f"no space left to write {path}; free space on that file system and run again") from exc
         raise

@@ -166,7 +166,6 @@ reasons:
 
 import json
 import os
-import tempfile
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, docker_cli
@@ -178,7 +177,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
     plan_load,
     run_reference,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, replace_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import CURRENT, archived_images, current_release_id
 
@@ -255,19 +254,8 @@ def load_release(module: AppModule, app: dict[str, t.Any], ledger: Ledger) -> di
                 if wanted is None:
                     os.unlink(path)
                 else:
-                    write_private(module, path, wanted)
+                    replace_file(path, wanted)  # 0600; the directory's own mode is left alone
     return {"changed": changed, "release_id": release_id, "images": rows, "compose_override": override}
-
-
-def write_private(module: AppModule, path: str, data: bytes) -> None:
-    """Replace ``path`` atomically with a 0600 file (the directory's own mode is left alone)."""
-    fd, tmp = tempfile.mkstemp(prefix=".override-", dir=os.path.dirname(path) or ".")
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def image_archive(module: AppModule) -> dict[str, t.Any]:

@@ -132,16 +132,14 @@ reasons:
   sample: []
 """
 
-import contextlib
 import datetime
 import json
 import os
-import tempfile
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _report
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import LedgerError, atomic_write_bytes, ensure_dir
+from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import LedgerError, atomic_write_bytes, ensure_dir, replace_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 
@@ -165,18 +163,7 @@ def write_textfile(path: str, content: bytes) -> None:
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         raise OSError(f"{directory} does not exist (the node exporter's --collector.textfile.directory)")
-    fd, tmp = tempfile.mkstemp(prefix=".selfhost-rollback-", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    replace_file(path, content, mode=0o644)
 
 
 def write_report(module: AppModule) -> dict[str, t.Any]:
