@@ -80,7 +80,7 @@ def test_full_cycle_keeps_secrets_modes_and_check_mode_promises(demo_app, run_pl
         for playbook in sorted((REPO / "playbooks").glob("*.yml")):
             if playbook.stem in ("pre_upgrade", "upgrade", "rollback"):
                 continue
-            extra = {"drill_target": current} if playbook.stem == "drill" else {}
+            extra = {"drill": {"drill_target": current}, "restore": {"app": demo.name}}.get(playbook.stem, {})
             before = project_state(demo, docker_client)
             run(f"selfhost.rollback.{playbook.stem}", extra, check=True)
             assert project_state(demo, docker_client) == before, f"--check of {playbook.stem} changed something"
