@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import stat
 import tarfile
 import typing as t
@@ -92,25 +91,6 @@ def normalize_member_name(name: str) -> str:
             raise UnsafeMember(f"member {name!r} contains '..'")
         parts.append(part)
     return "/".join(parts) or "."
-
-
-def link_target_inside(member_name: str, target: str) -> bool:
-    """Whether a symlink at ``member_name`` pointing to ``target`` resolves inside the root (informative only:
-    links are stored and restored verbatim and never followed)."""
-    if not target or target.startswith("/"):
-        return False
-    base = posixpath.dirname(member_name) if member_name != "." else ""
-    depth = 0
-    for part in posixpath.join(base, target).split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return False
-        else:
-            depth += 1
-    return True
 
 
 def check_member(member: t.Any, symlinks: set[str], regular: set[str]) -> str:

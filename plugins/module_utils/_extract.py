@@ -54,10 +54,10 @@ class _Extractor:
         self.chain = []
         os.close(self.dest_fd)
 
-    def _note(self, name: str, what: str, exc: OSError) -> None:
+    def _note(self, name: str, what: str, exc: Exception) -> None:
         self.not_restored_total += 1
         if len(self.not_restored) < NOT_RESTORED_LIMIT:
-            self.not_restored.append({"path": name, "what": what, "reason": exc.strerror or str(exc)})
+            self.not_restored.append({"path": name, "what": what, "reason": getattr(exc, "strerror", None) or str(exc)})
 
     def _open_child(self, fd: int, part: str, create: bool) -> int:
         try:
@@ -166,9 +166,8 @@ class _Extractor:
             self._note(name, "owner", exc)
         try:
             xattrs = record_xattrs(member.pax_headers)
-        except (ValueError, KeyError) as exc:
-            self.not_restored_total += 1
-            self.not_restored.append({"path": name, "what": "acl", "reason": str(exc)})
+        except (ValueError, KeyError) as exc:  # an ACL text this host cannot read (a name it does not know)
+            self._note(name, "acl", exc)
             xattrs = {}
         for key, value in xattrs.items():
             try:

@@ -163,16 +163,21 @@ def smoke_problems(spec: dict[str, t.Any], status: int, body: str) -> list[str]:
     return problems
 
 
+def app_request(base_url: str, spec: dict[str, t.Any], timeout: float) -> tuple[int, str]:
+    """Send a request spec (``path`` with its query, ``method``, ``body``, ``content_type``) to the scheme
+    and host of ``base_url``: the status and the answer (smoke requests and signals alike)."""
+    parts = urllib.parse.urlsplit(base_url)
+    path, _mark, query = spec["path"].partition("?")
+    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path if path.startswith("/") else "/" + path, query, ""))
+    return http_request(url, spec.get("method") or "GET", spec.get("body"), float(spec.get("timeout") or timeout),
+                        spec.get("content_type"))
+
+
 def run_smoke(base_url: str, specs: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
     """Send each smoke request to the scheme and host of ``base_url``; one result per request."""
-    parts = urllib.parse.urlsplit(base_url)
     results = []
     for spec in specs:
-        path, _mark, query = spec["path"].partition("?")
-        path = path if path.startswith("/") else "/" + path
-        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, query, ""))
-        status, body = http_request(url, spec.get("method") or "GET", spec.get("body"), float(spec.get("timeout") or 5),
-                                    spec.get("content_type"))
+        status, body = app_request(base_url, spec, 5)
         problems = smoke_problems(spec, status, body)
         results.append({"request": smoke_name(spec), "status": status, "passed": not problems, "problems": problems})
     return results
@@ -220,11 +225,7 @@ def read_signal(spec: dict[str, t.Any], base_url: str, run_command: t.Callable[[
     error = None
     for _index in range(max(int(spec.get("samples") or 1), 1)):
         if spec.get("path"):
-            parts = urllib.parse.urlsplit(base_url)
-            path, _mark, query = spec["path"].partition("?")
-            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path if path.startswith("/") else "/" + path, query, ""))
-            status, text = http_request(url, spec.get("method") or "GET", spec.get("body"), float(spec.get("timeout") or 10),
-                                        spec.get("content_type"))
+            status, text = app_request(base_url, spec, 10)
             if not 200 <= status < 300:
                 error = f"{signal_source(spec)} answered {status or 'nothing'}"
                 break

@@ -250,12 +250,10 @@ class HashingReader:
     def __init__(self, raw: t.Any) -> None:
         self.raw = raw
         self.hasher = hashlib.sha256()
-        self.count = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.hasher.update(data)
-        self.count += len(data)
         return data
 
     def drain(self) -> None:
