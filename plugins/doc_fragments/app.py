@@ -308,6 +308,19 @@ options:
             description: Command (argv list) whose output is recorded by digest.
             type: list
             elements: str
+          keep:
+            description:
+              - Keep a copy in the ledger (C(<store>/<app>/artifacts/), once per digest, 0600) when a release records it, so
+                that a rollback with scope V(artifacts) can put it back by digest. For a command, its output is kept, so that
+                the rollback can say which lines differ.
+              - Set V(false) for artifacts too large to copy; a rollback then names what to put back by hand.
+            type: bool
+            default: true
+          restart:
+            description: Services restarted (C(docker compose restart)) after a rollback of scope V(artifacts) put this artifact back.
+            type: list
+            elements: str
+            default: []
   store:
     description: Root of the ledger on the managed host; each app has a directory below it.
     type: path

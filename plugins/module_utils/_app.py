@@ -113,6 +113,8 @@ def app_option_spec() -> dict[str, t.Any]:
                 "name": {"type": "str", "required": True},
                 "path": {"type": "str"},
                 "command": {"type": "list", "elements": "str"},
+                "keep": {"type": "bool", "default": True},
+                "restart": {"type": "list", "elements": "str", "default": []},
             },
         },
     }

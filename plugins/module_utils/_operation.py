@@ -238,6 +238,9 @@ def close(ledger: Ledger, op_id: str | None, owner: dict[str, t.Any], outcome: s
     after = record.get("release_after")
     if after and outcome in GOES_FORWARD:
         _append(ledger, {"at": record["finished_at"], "op": "push", "release_id": after, "op_id": record["op_id"]})
+    elif after and outcome in GOES_BACK and record.get("partial"):
+        # a partial rollback reaches a mixed state: a step forward in the history, and "previous" undoes it
+        _append(ledger, {"at": record["finished_at"], "op": "push", "release_id": after, "op_id": record["op_id"]})
     elif after and outcome in GOES_BACK:
         _append(ledger, {"at": record["finished_at"], "op": "back", "release_id": after,
                          "target": record.get("return_to") or after, "op_id": record["op_id"]})

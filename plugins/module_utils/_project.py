@@ -116,6 +116,12 @@ def images_file(comment: str, images: dict[str, str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def images_in_file(data: bytes) -> dict[str, str]:
+    """service → image of a file :func:`images_file` wrote."""
+    found = re.findall(r'^  ([^\s:]+):\n    image: (".*")$', data.decode(errors="replace"), flags=re.M)
+    return {name: json.loads(ref) for name, ref in found}
+
+
 def read_files(files: dict[str, str]) -> dict[str, bytes]:
     out = {}
     for rel, path in files.items():
@@ -159,6 +165,32 @@ def save_files(ledger: Ledger, release_id: str, contents: dict[str, bytes], env_
         index["files"][rel] = {"stored": stored, "sha256": sha256_bytes(data), "size": len(data)}
     ledger.write(os.path.join("projects", release_id, "index.json"), index)
     return True
+
+
+def release_files(ledger: Ledger, app: dict[str, t.Any], record: dict[str, t.Any]) -> tuple[dict[str, bytes], str | None]:
+    """The project files of a release as a switch back writes them, and a warning when only its compose files are known.
+
+    Secret values come from the live env files (the saved copies hold placeholders); a key the
+    live file lacks stops here with the sentence that says which.
+    """
+    release_id = record["release_id"]
+    warning = None
+    wanted = saved_files(ledger, release_id)
+    if wanted is None:
+        wanted = {f["path"]: f["content"].encode() for f in record["compose"]["files"] if not os.path.isabs(f["path"])}
+        warning = (f"app {app['name']}: release {release_id} has no saved project files; its compose files come from the "
+                   "release record and the env file stays as it is (check the config drift rollback_check reports)")
+    for env_rel in sorted(env_files(app)):
+        if env_rel not in wanted:
+            continue
+        live_path = os.path.join(app["project_dir"], env_rel)
+        live_env = read_files({env_rel: live_path})[env_rel].decode(errors="surrogateescape") if os.path.isfile(live_path) else ""
+        merged, missing_keys = merge_env(wanted[env_rel].decode(errors="surrogateescape"), live_env)
+        if missing_keys:
+            raise OperatorError(f"app {app['name']}: release {release_id} needs {', '.join(missing_keys)} in {live_path}, "
+                                "which the file lacks now (their values are never kept in the ledger); add them and run again")
+        wanted[env_rel] = merged.encode(errors="surrogateescape")
+    return wanted, warning
 
 
 def redact_env(text: str) -> str:

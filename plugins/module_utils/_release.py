@@ -14,9 +14,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import subprocess
 import typing as t
 
+from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     check_live_project,
@@ -24,14 +24,12 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     OperatorError,
     canonical_json,
     iso,
-    last_lines,
     project_containers,
     read_env_file,
     salted_hash,
     schema_version,
     scrub,
     sha256_bytes,
-    sha256_file,
     stamp,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
@@ -47,7 +45,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import (
 )
 
 # fields that are facts about the recording, not about the contract
-NOT_CONTENT = ("format", "release_id", "app", "recorded_at", "content_digest", "images_archived")
+NOT_CONTENT = ("format", "release_id", "app", "recorded_at", "content_digest", "images_archived", "mixed")
 CURRENT = "current_release.json"
 
 
@@ -94,49 +92,6 @@ def release_id_for(digest: str, moment: str | None = None) -> str:
     return f"r-{moment or stamp()}-{digest.split(':', 1)[-1][:8]}"
 
 
-# --------------------------------------------------------------------------- artifacts
-
-
-def tree_digest(path: str) -> tuple[str, int, int]:
-    """Digest of a directory: every file's relative path and content, in a stable order."""
-    lines = []
-    size = 0
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            if os.path.islink(full):
-                lines.append(f"{os.path.relpath(full, path)} -> {os.readlink(full)}")
-                continue
-            size += os.path.getsize(full)
-            lines.append(f"{os.path.relpath(full, path)} {sha256_file(full)}")
-    return sha256_bytes("\n".join(lines).encode()), len(lines), size
-
-
-def artifact_digest(app: dict[str, t.Any], artifact: dict[str, t.Any]) -> dict[str, t.Any]:
-    name = artifact["name"]
-    if bool(artifact.get("path")) == bool(artifact.get("command")):
-        raise OperatorError(f"app {app['name']}: artifact {name!r} needs exactly one of path or command")
-    if artifact.get("path"):
-        path = artifact["path"] if os.path.isabs(artifact["path"]) else os.path.join(app["project_dir"], artifact["path"])
-        if os.path.isdir(path):
-            digest, files, size = tree_digest(path)
-            return {"kind": "dir", "path": artifact["path"], "digest": digest, "files": files, "size": size}
-        if os.path.isfile(path):
-            return {"kind": "file", "path": artifact["path"], "digest": sha256_file(path), "size": os.path.getsize(path)}
-        raise OperatorError(f"app {app['name']}: artifact {name!r}: {path} does not exist; fix its path or remove it from artifacts")
-    argv = [str(a) for a in artifact["command"]]
-    try:
-        proc = subprocess.run(argv, cwd=app["project_dir"], capture_output=True, timeout=300, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise OperatorError(f"app {app['name']}: artifact {name!r}: the command could not run ({exc})") from exc
-    if proc.returncode != 0:
-        raise OperatorError(f"app {app['name']}: artifact {name!r}: the command failed (rc {proc.returncode}): "
-                            f"{last_lines(proc.stderr.decode(errors='replace'))}")
-    # the output is recorded by digest only: it may hold anything
-    return {"kind": "command", "command": argv, "digest": sha256_bytes(proc.stdout), "size": len(proc.stdout)}
-
-
 # --------------------------------------------------------------------------- the running state
 
 
@@ -162,7 +117,8 @@ def _structure(compose: Compose, salt: bytes) -> dict[str, t.Any]:
     return config
 
 
-def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: list[str]) -> dict[str, t.Any]:
+def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: list[str],
+                  outputs: dict[str, bytes] | None = None) -> dict[str, t.Any]:
     """Everything a release holds, read from the host (no timestamps, no ids).
 
     The three Compose CLI calls (the project interpolated and not, the plugin's version) run
@@ -243,7 +199,7 @@ def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: li
             "compose_version": compose_version,
         },
         "schema_version": schema,
-        "artifacts": {a["name"]: artifact_digest(app, a) for a in app.get("artifacts") or []},
+        "artifacts": {a["name"]: _artifacts.digest_of(app, a, outputs) for a in app.get("artifacts") or []},
         "volumes": volumes,
     }
     return t.cast(dict, scrub(state, secrets))

@@ -14,6 +14,8 @@ description:
     every service's image by registry digest and image ID, a config fingerprint (every env key with a salted hash
     of its value, never the value), the runtime versions (engine, API, Compose), the schema version from
     O(app.schema_probe), the declared O(app.artifacts) by digest, and the project's named volumes.
+  - A copy of each declared artifact (a command's output for a command) is kept in C(<store>/<app>/artifacts/), once per
+    digest, unless O(app.artifacts[].keep=false); a rollback with scope V(artifacts) puts it back from there.
   - The release id is derived from the content, so recording the same state twice returns the same release
     with C(changed=false). C(<store>/<app>/current_release.json) points at the release that matches what runs.
   - Unless O(archive_images=false), the images of the last O(keep_releases) releases (and the current one) are
@@ -54,6 +56,12 @@ options:
     description: Seconds to wait for another run that holds the app's ledger lock.
     type: float
     default: 30
+  mixed:
+    description:
+      - After a partial rollback, what of the running state came back from which release (the RV(selfhost.rollback.switch#module:partial)
+        result of M(selfhost.rollback.switch)); kept as the new record's C(mixed) field, outside its content digest.
+      - Ignored when the state is a release recorded before (it is then not mixed).
+    type: dict
 requirements:
   - Docker SDK for Python
   - Docker Compose v2 CLI plugin
@@ -183,7 +191,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import O
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes, plan_archive
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
-from ansible_collections.selfhost.rollback.plugins.module_utils import _operation, _project
+from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _operation, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import (
     CURRENT,
     archived_images,
@@ -208,7 +216,8 @@ def record_release(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]
         # written with the first release, so that a failed first run leaves no ledger behind
         salt = os.urandom(32).hex().encode()
 
-    state = running_state(client, app, salt, secrets)
+    outputs: dict[str, bytes] = {}
+    state = running_state(client, app, salt, secrets, outputs)
     digest = content_digest(state)
     existing = find_by_digest(ledger, digest)
     record = build_record(app["name"], state, existing)
@@ -216,6 +225,10 @@ def record_release(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]
     actions: list[str] = []
     if existing is None:
         actions.append(f"record release {release_id}")
+        if params["mixed"]:
+            record["mixed"] = params["mixed"]
+    keep = _artifacts.to_keep(app, ledger, record.get("artifacts") or {})
+    actions += [f"keep a copy of artifact {name}" for name in keep]
     if current_release_id(ledger) != release_id:
         actions.append(f"point {CURRENT} at {release_id}")
     if _project.saved_files(ledger, release_id) is None:
@@ -247,6 +260,7 @@ def record_release(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]
             if current_release_id(ledger) != release_id:
                 ledger.write(CURRENT, {"release_id": release_id, "updated_at": iso()})
             _operation.note_recorded(ledger, release_id)
+            _artifacts.keep(app, ledger, record.get("artifacts") or {}, outputs, keep)
             # the files a switch back to this release puts in place; same digest, same files
             _project.save_files(ledger, release_id, _project.read_files(_project.project_files(app)),
                                 env_rel=os.path.relpath(app["env_file"], app["project_dir"]), env_rels=_project.env_files(app))
@@ -299,6 +313,7 @@ def main() -> None:
             "archive_images": {"type": "bool", "default": True},
             "keep_releases": {"type": "int", "default": 3},
             "lock_timeout": {"type": "float", "default": 30},
+            "mixed": {"type": "dict"},
         },
         docker_failure="the Docker Engine refused a request while recording the release ({exc}); check the engine and run again",
         os_failure="recording the release failed ({exc}); check that {store} is writable",

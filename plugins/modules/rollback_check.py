@@ -62,6 +62,24 @@ options:
         change stays either way.
     type: bool
     default: false
+  services:
+    description:
+      - Judge a partial rollback of only these services (and the partners a version lock ties to them); see
+        M(selfhost.rollback.switch) O(selfhost.rollback.switch#module:services) for what comes back and what stays.
+      - The plan is the C(part) check and RV(partial); a part that cannot come back alone blocks, with the service to add.
+      - A partial rollback never restores data - the gate blocks one whose code needs older data (or, with no schema probe,
+        may need it, unless O(keep_data)).
+    type: list
+    elements: str
+    default: []
+  scope:
+    description:
+      - What the rollback brings back - V(all), V(config), V(images) or V(artifacts) (see M(selfhost.rollback.switch)
+        O(selfhost.rollback.switch#module:scope)). V(config) and V(artifacts) keep the code and so the data as they are.
+      - For V(artifacts), an artifact the target recorded but whose copy was not kept blocks.
+    type: str
+    choices: [all, config, images, artifacts]
+    default: all
 requirements:
   - Docker SDK for Python 7.0 or newer
   - the Compose v2 CLI plugin (C(docker compose))
@@ -128,9 +146,15 @@ live:
   returned: success
   type: dict
 target_is_live:
-  description: Whether the target is exactly what runs now (nothing to roll back).
+  description: Whether the target is exactly what runs now (nothing to roll back); for a partial rollback, whether nothing of the part differs.
   returned: success
   type: bool
+partial:
+  description:
+    - For a partial rollback (O(services) or O(scope)), its plan - C(scope), C(services), C(partners), C(back), C(kept), C(blocking),
+      C(actions) (see M(selfhost.rollback.switch) RV(selfhost.rollback.switch#module:partial)); V(null) otherwise.
+  returned: success
+  type: dict
 compatibility:
   description:
     - How the target's code relates to today's data, from the schema versions - V(same), V(compatible) (newer by additive
@@ -166,7 +190,7 @@ import os
 import shutil
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _gate, _operation
+from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _gate, _operation, _partial, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError, secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
@@ -178,8 +202,9 @@ def check(level: str, name: str, detail: str, **data: t.Any) -> dict[str, t.Any]
     return {"check": name, "level": level, "detail": detail, **data}
 
 
-def image_check(client: t.Any, ledger: Ledger, target: dict[str, t.Any], allow_pull: bool) -> dict[str, t.Any]:
-    rows = plan_load(client, ledger, target, allow_pull)
+def image_check(client: t.Any, ledger: Ledger, target: dict[str, t.Any], allow_pull: bool,
+                only: list[str] | None = None) -> dict[str, t.Any]:
+    rows = [r for r in plan_load(client, ledger, target, allow_pull) if only is None or r["service"] in only]
     for row in rows:
         if row["source"] == "registry":
             try:
@@ -235,6 +260,35 @@ def space_check(client: t.Any, ledger: Ledger, entry: dict[str, t.Any] | None, m
     return check("ok", "space", detail, free=free, needed=needed)
 
 
+def part_check(module: AppModule, target: dict[str, t.Any], live: dict[str, t.Any], checks: list[dict[str, t.Any]]) -> dict[str, t.Any]:
+    """The partial rollback's plan (``_partial.plan``, or ``_artifacts.plan`` for scope artifacts) as one check."""
+    app, ledger, params = module.app, module.ledger, module.params
+    if params["scope"] == "artifacts":
+        outputs: dict[str, bytes] = {}
+        now = {a["name"]: _artifacts.digest_of(app, a, outputs) for a in app.get("artifacts") or []}
+        found = _artifacts.plan(app, ledger, target, now, outputs)
+        if not target.get("artifacts"):
+            found["blocking"].append(f"release {target['release_id']} records no artifacts; declare them in app.artifacts")
+        partial = {"scope": "artifacts", "services": [], "partners": [], "back": {"images": [], "env": [], "files": []},
+                   "kept": {"env": {}, "files": {}, "images": sorted(target.get("services") or {})}, "artifacts": found,
+                   "blocking": found["blocking"],
+                   "actions": [f"put back artifact {i['name']} ({i['path']}) as {i['digest']}" for i in found["put_back"]]
+                   + [_artifacts.by_hand_sentence(i) for i in found["by_hand"]]}
+    else:
+        files, _warning = _project.release_files(ledger, app, target)
+        images = {n: {"image_ref": s.get("image_ref"), "image_id": s.get("image_id")} for n, s in (live.get("services") or {}).items()}
+        partial = _partial.plan(app, target, files, _project.read_files(_project.project_files(app)),
+                                (live.get("compose") or {}).get("config") or {}, images, params["services"], params["scope"],
+                                os.environ)
+        partial.pop("files")
+    what = f"scope {partial['scope']}" + (f", services {', '.join(partial['services'])}" if params["services"] else "")
+    if partial["blocking"]:
+        checks.append(check("block", "part", f"{what}: " + "; ".join(partial["blocking"])))
+    else:
+        checks.append(check("ok", "part", f"{what}: " + ("; ".join(partial["partners"] + partial["actions"]) or "nothing differs")))
+    return partial
+
+
 def judge(module: AppModule) -> dict[str, t.Any]:
     app = module.app
     params = module.params
@@ -257,10 +311,16 @@ def judge(module: AppModule) -> dict[str, t.Any]:
         raise OperatorError(f"app {app['name']}: release {params['target']} is not in the ledger; recorded releases: {known}")
     additive = (app.get("schema_probe") or {}).get("additive") or []
     checks: list[dict[str, t.Any]] = []
+    scope, part = params["scope"], params["services"]
+    partial = None
+    if _partial.is_partial(part, scope):
+        partial = part_check(module, target, live, checks)
 
     if target.get("content_digest") == live_digest:
         checks.append(check("ok", "release", f"{target['release_id']} is what runs now; nothing to roll back"))
-    checks.append(image_check(client, ledger, target, params["allow_pull"]))
+    if partial is None or partial["back"]["images"]:
+        checks.append(image_check(client, ledger, target, params["allow_pull"],
+                                  partial["back"]["images"] if partial is not None else None))
 
     relation, why = _gate.schema_relation(live.get("schema_version"), target.get("schema_version"), additive)
     restore_entry, loss, restore_set, window_check = None, None, None, None
@@ -268,7 +328,15 @@ def judge(module: AppModule) -> dict[str, t.Any]:
     # unknown is not safe: without a schema to compare, data that changed since a set taken under the
     # target comes back with the code, unless the operator keeps it (keep_data)
     unknown = relation == "unknown" and target.get("content_digest") != live_digest
-    if relation == "older_code" or (unknown and not params["keep_data"]):
+    if partial is not None and (scope in ("config", "artifacts") or not partial["back"]["images"]):
+        checks.append(check("ok", "schema", f"the code stays as it runs ({'only ' + scope if scope != 'all' else 'no image'} "
+                            "comes back), so the data stays too", **schema))
+    elif partial is not None and (relation == "older_code" or (unknown and not params["keep_data"])):
+        checks.append(check("block", "schema", f"{why}; a partial rollback leaves the data as it is, so "
+                            f"{', '.join(partial['back']['images'])} cannot go back to code that may need older data: roll back the "
+                            "whole app (without rollback_services and rollback_scope)"
+                            + (", or keep today's data with -e rollback_keep_data=true" if unknown else ""), **schema))
+    elif relation == "older_code" or (unknown and not params["keep_data"]):
         # the backup layer (and what it imports) is loaded only when the data may have to come back:
         # an image-only rollback asks the engine and nothing else
         from ansible_collections.selfhost.rollback.plugins.module_utils._retention import parse_duration
@@ -316,7 +384,7 @@ def judge(module: AppModule) -> dict[str, t.Any]:
     worst = "block" if any(f[0] == "block" for f in findings) else "warn" if any(f[0] == "warn" for f in findings) else "ok"
     checks.append(check(worst, "runtime", "; ".join(f[1] for f in findings) or "no runtime recorded"))
 
-    violations = _gate.lock_violations(target.get("services") or {}, app.get("version_locks") or [])
+    violations = [] if partial is not None else _gate.lock_violations(target.get("services") or {}, app.get("version_locks") or [])
     if violations:
         checks.append(check("block", "version locks", "; ".join(violations)))
     elif app.get("version_locks"):
@@ -353,7 +421,8 @@ def judge(module: AppModule) -> dict[str, t.Any]:
                    "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (target.get("services") or {}).items()}},
         "live": {"release_id": live_id, "schema_version": live.get("schema_version"),
                  "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (live.get("services") or {}).items()}},
-        "target_is_live": target.get("content_digest") == live_digest,
+        "target_is_live": target.get("content_digest") == live_digest or (partial is not None and not _partial.changes(partial)),
+        "partial": partial,
         "restore_set": restore_set,
         "data_loss": loss,
         "compatibility": relation,
@@ -370,6 +439,8 @@ def main() -> None:
         "keep_within": {"type": "str"},
         "space_margin": {"type": "float", "default": 1.2},
         "keep_data": {"type": "bool", "default": False},
+        "services": {"type": "list", "elements": "str", "default": []},
+        "scope": {"type": "str", "default": "all", "choices": list(_partial.SCOPES)},
     })
     module.run(judge)
 

@@ -108,6 +108,35 @@ options:
     type: list
     elements: str
     default: []
+  services:
+    description:
+      - For a switch back (O(release)), a partial rollback - only these services return to the release (their image and their
+        configuration); every other service keeps running as it is, in the same container. A service that a version lock
+        (O(app.version_locks)) ties to one of them goes too.
+      - The part is written into the project files, so a later plain C(docker compose up -d) changes nothing. An env-file key comes
+        back only when every service that reads it (by C(${KEY}) in its definition) goes back; the compose files come back only
+        when every difference between the release's merged project and today's lies inside the part. A setting shared with a
+        service that stays is kept as it is and named in RV(partial); an image that cannot return without such a key or file
+        refuses the switch before anything changes, naming the service to add.
+      - Data is never restored here; M(selfhost.rollback.rollback_check) refuses a partial rollback whose code needs older data.
+    type: list
+    elements: str
+    default: []
+  scope:
+    description:
+      - For a switch back (O(release)), what returns.
+      - V(all) - images and configuration (of O(services), or of every service).
+      - V(config) - env-file keys and compose settings; every service keeps the image it runs now. A key that feeds an image line
+        stays as it is.
+      - V(images) - images; the configuration stays (keys read only by image lines come back, the compose files only when the
+        image lines are all that changed).
+      - V(artifacts) - only the declared artifacts (O(app.artifacts)) whose digest differs from the release's, each from the copy the
+        release module kept, checked by digest and renamed into place, then the services in their C(restart) are restarted. A
+        command artifact (a model list) cannot be put back by the collection; the module warns with the lines to pull or remove.
+        Nothing of the Compose project changes.
+    type: str
+    choices: [all, config, images, artifacts]
+    default: all
   wait:
     description: Seconds allowed for C(docker compose up), and for a new container of a O(start_first) service to become healthy.
     type: float
@@ -136,6 +165,18 @@ EXAMPLES = r"""
   selfhost.rollback.switch:
     app: "{{ app }}"
     release: "{{ before.release_id }}"
+
+- name: Put only the worker back; the chat front end keeps running in its container
+  selfhost.rollback.switch:
+    app: "{{ app }}"
+    release: "{{ before.release_id }}"
+    services: [worker]
+
+- name: Put the settings back and keep today's images
+  selfhost.rollback.switch:
+    app: "{{ app }}"
+    release: "{{ before.release_id }}"
+    scope: config
 
 - name: Go back without downtime for the API behind the reverse proxy (it publishes no port)
   selfhost.rollback.switch:
@@ -189,6 +230,18 @@ cutover:
   returned: when O(cutover) captured a set
   type: dict
   sample: {set_id: b-20261202T061502Z-3c1d, stopped: [app], seconds: 0.84, bytes: 52311, tables: {db-notes: {public.notes: 12}}}
+partial:
+  description:
+    - For a partial rollback (O(services), or O(scope) other than V(all)), its plan and what it did.
+    - C(scope), C(services) (the part, with the partners version locks add), C(partners) (sentences), C(images) (per service the
+      image ID it runs after the switch), C(back) (C(images), C(env) keys, C(files) that came back), C(kept) (C(env) and C(files)
+      that stay as they are now, each with why; C(images) of the services that keep theirs), C(actions) (the plan in sentences),
+      C(untouched) (per service left alone, its container ID and whether it is the same one), and for V(artifacts) C(artifacts)
+      (C(put_back), C(by_hand), C(same)) and C(by_hand) (a sentence per command artifact the operator must put back).
+  returned: when O(services) or O(scope) make the switch partial
+  type: dict
+  sample: {scope: all, services: [worker], back: {images: [worker], env: [WORKER_VERSION, WORKER_THREADS], files: []},
+           kept: {env: {}, files: {}, images: [app, db]}, untouched: {app: {container_id: 3f2a9c1d0b7e, same: true}}}
 started_first:
   description: Services switched by starting the new container beside the old one (O(start_first)), or that would be in check mode.
   returned: when O(release) is set
@@ -220,7 +273,7 @@ import os
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _capture, _project, _quiesce
+from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _capture, _partial, _project, _quiesce
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
@@ -231,10 +284,13 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     one_shot_services,
     parse_env_text,
     project_containers,
+    scrub,
+    secret_values,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, unpin_text
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import _structure, read_salt
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
@@ -454,29 +510,24 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
     if record is None:
         known = ", ".join(n[:-5] for n in ledger.list("releases")[-5:]) or "none"
         raise OperatorError(f"app {app['name']}: release {release_id} is not in the ledger; recorded releases: {known}")
-    wanted = _project.saved_files(ledger, release_id)
-    if wanted is None:
-        wanted = {f["path"]: f["content"].encode() for f in record["compose"]["files"] if not os.path.isabs(f["path"])}
-        module.warn(f"app {app['name']}: release {release_id} has no saved project files; its compose files come from the "
-                    "release record and the env file stays as it is (check the config drift rollback_check reports)")
-    for env_rel in sorted(_project.env_files(app)):
-        if env_rel not in wanted:
-            continue
-        live_path = os.path.join(app["project_dir"], env_rel)
-        live_env = _project.read_files({env_rel: live_path})[env_rel].decode(errors="surrogateescape") \
-            if os.path.isfile(live_path) else ""
-        merged, missing_keys = _project.merge_env(wanted[env_rel].decode(errors="surrogateescape"), live_env)
-        if missing_keys:
-            raise OperatorError(f"app {app['name']}: release {release_id} needs {', '.join(missing_keys)} in {live_path}, "
-                                "which the file lacks now (their values are never kept in the ledger); add them and run again")
-        wanted[env_rel] = merged.encode(errors="surrogateescape")
+    wanted, warning = _project.release_files(ledger, app, record)
+    if warning:
+        module.warn(warning)
+    partial = None
+    if _partial.is_partial(module.params["services"], module.params["scope"]):
+        if module.params["scope"] == "artifacts":
+            return put_back_artifacts(module, record)
+        partial = plan_partial(module, record, wanted)
+        wanted = partial.pop("files")
     changed_files, current = plan_files(app, wanted)
     rows = plan_load(client, ledger, record, allow_pull=True)
+    if partial is not None:  # only the images that come back are needed
+        rows = [r for r in rows if r["service"] in partial["back"]["images"]]
     missing = [r for r in rows if r["source"] in ("missing", "unknown")]
     if missing:
         raise OperatorError(f"app {app['name']}: images of release {release_id} are not available anywhere: "
                             + ", ".join(f"{r['service']} ({r['ref']})" for r in missing) + "; nothing was changed")
-    expected = {name: s["image_id"] for name, s in (record.get("services") or {}).items()}
+    expected = partial["images"] if partial is not None else {name: s["image_id"] for name, s in (record.get("services") or {}).items()}
     running, created = project_images(client, app)
     before_ids = {n: s.get("container_id") for n, s in running.items()}
     one_shot = one_shot_services((record.get("compose") or {}).get("config") or {}, app)
@@ -495,6 +546,8 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": changed_files, "images": rows,
                                 "recreated": recreate, "started_first": beside,
                                 "diff": diff_of(app, changed_files, current, wanted)}
+    if partial is not None:
+        result["partial"] = partial
     if not actions or module.check_mode:
         result["services"] = {n: dict(running.get(n, {}), expected=i, ok=running.get(n, {}).get("image_id") == i)
                               for n, i in expected.items()}
@@ -506,7 +559,8 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         load(client, docker_cli(), ledger, record, rows)
         for rel in changed_files:
             _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
-        restore_pins(app, record)  # pins: own_file - the release's digests, as its saved files hold them otherwise
+        # pins: own_file - the release's digests (for a partial rollback, of what comes back), as its saved files hold them otherwise
+        restore_pins(app, record if partial is None else mixed_pins(app, record, partial["back"]["images"]))
         app = validate_app(module.params["app"], module.params["store"])  # the compose files may have changed
         config = Compose(app).config()
         if beside:
@@ -536,6 +590,85 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         raise OperatorError(f"app {app['name']}: after the switch to {release_id} not every service runs the release's image: "
                             + "; ".join(wrong))
     result["services"] = services
+    if partial is not None:
+        partial["untouched"] = untouched(module, partial, before_ids, running)
+    return result
+
+
+def plan_partial(module: AppModule, record: dict[str, t.Any], target_files: dict[str, bytes]) -> dict[str, t.Any]:
+    """The part of ``record`` that comes back (see ``_partial.plan``); refused in one sentence when it cannot."""
+    app, client = module.app, module.client
+    compose = Compose(app)
+    structure = scrub(_structure(compose, read_salt(module.ledger) or b""), secret_values(app))
+    config = compose.config()
+    running = running_images(client, app)
+    live_images = {name: {"image_ref": spec.get("image"), "image_id": running[name]["image_id"]}
+                   for name, spec in (config.get("services") or {}).items() if name in running}
+    live_files = _project.read_files(_project.project_files(app))
+    plan = _partial.plan(app, record, target_files, live_files, structure, live_images, module.params["services"],
+                         module.params["scope"], os.environ)
+    if plan["blocking"]:
+        raise OperatorError(f"app {app['name']}: the partial rollback to {record['release_id']} cannot be done, nothing was "
+                            "changed: " + "; ".join(plan["blocking"]))
+    return plan
+
+
+def untouched(module: AppModule, partial: dict[str, t.Any], before: dict[str, str | None],
+              running: dict[str, dict[str, t.Any]]) -> dict[str, dict[str, t.Any]]:
+    """The services a partial rollback leaves alone, and whether each kept its container."""
+    leave = [n for n in before if n not in partial["services"]] if module.params["services"] else \
+        [n for n in before if n not in partial["back"]["images"]] if module.params["scope"] == "images" else []
+    out = {}
+    for name in sorted(leave):
+        now = running.get(name, {}).get("container_id")
+        out[name] = {"container_id": now, "same": now == before[name]}
+        if now != before[name]:
+            module.warn(f"app {module.name}: Compose recreated {name}, which the partial rollback leaves as it was "
+                        "(its configuration or a dependency changed with the part)")
+    return out
+
+
+def mixed_pins(app: dict[str, t.Any], record: dict[str, t.Any], back: list[str]) -> dict[str, t.Any]:
+    """For pins: own_file, the pins of what runs now with those of the services that come back."""
+    services: dict[str, dict[str, t.Any]] = {}
+    if app.get("pins_file") and os.path.isfile(app["pins_file"]):
+        with open(app["pins_file"], "rb") as handle:
+            services = {n: {"pinned_ref": ref} for n, ref in _project.images_in_file(handle.read()).items()}
+    for name in back:
+        services[name] = {"pinned_ref": (record["services"][name] or {}).get("pinned_ref")}
+    return {"release_id": f"{record['release_id']} ({', '.join(back) or 'no image'} only)", "services": services}
+
+
+def put_back_artifacts(module: AppModule, record: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Scope artifacts: the release's declared artifacts back from the copies kept, by digest; nothing else changes."""
+    app, ledger = module.app, module.ledger
+    outputs: dict[str, bytes] = {}
+    live = {a["name"]: _artifacts.digest_of(app, a, outputs) for a in app.get("artifacts") or []}
+    plan = _artifacts.plan(app, ledger, record, live, outputs)
+    if plan["blocking"]:
+        raise OperatorError(f"app {app['name']}: the artifacts of release {record['release_id']} cannot be put back, nothing "
+                            "was changed: " + "; ".join(plan["blocking"]))
+    if not record.get("artifacts"):
+        raise OperatorError(f"app {app['name']}: release {record['release_id']} records no artifacts; declare them in "
+                            "app.artifacts and record releases, or leave rollback_scope=artifacts out")
+    declared = {a["name"]: a for a in app.get("artifacts") or []}
+    restart = sorted({s for i in plan["put_back"] for s in declared[i["name"]].get("restart") or []})
+    actions = [f"put back artifact {i['name']} ({i['path']}) as {i['digest']} from the copy kept" for i in plan["put_back"]]
+    if restart and actions:
+        actions.append(f"docker compose restart {' '.join(restart)}")
+    for item in plan["by_hand"]:
+        module.warn(_artifacts.by_hand_sentence(item))
+    partial = {"scope": "artifacts", "services": [], "partners": [], "back": {"images": [], "env": [], "files": []},
+               "kept": {"env": {}, "files": {}, "images": sorted(record.get("services") or {})}, "artifacts": plan,
+               "blocking": [], "actions": actions, "by_hand": [_artifacts.by_hand_sentence(i) for i in plan["by_hand"]]}
+    result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": [], "images": [],
+                                "recreated": [], "started_first": [], "partial": partial,
+                                "services": running_images(module.client, app)}
+    if actions and not module.check_mode:
+        with module.lock(f"putting back the artifacts of release {record['release_id']}"):
+            plan["done"] = _artifacts.put_back(app, ledger, plan["put_back"])
+            if restart:
+                Compose(app).run("restart", *restart, timeout=module.params["wait"], what="restarting what reads the artifacts")
     return result
 
 
@@ -663,6 +796,8 @@ def main() -> None:
             "start_first": {"type": "list", "elements": "str", "default": []},
             "pull": {"type": "bool", "default": True},
             "cutover": {"type": "bool", "default": False},
+            "services": {"type": "list", "elements": "str", "default": []},
+            "scope": {"type": "str", "default": "all", "choices": list(_partial.SCOPES)},
             "wait": {"type": "float", "default": 300},
             "lock_timeout": {"type": "float", "default": 60},
         },

@@ -24,8 +24,8 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._release import 
     ensure_salt,
     fingerprint,
     release_id_for,
-    tree_digest,
 )
+from ansible_collections.selfhost.rollback.plugins.module_utils._artifacts import tree_digest
 
 D = "sha256:" + "a" * 64
 

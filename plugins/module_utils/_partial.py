@@ -1,0 +1,325 @@
+# Copyright: selfhost.rollback contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Partial rollbacks: which part of a release comes back, and what stays as it runs (private to the collection).
+
+A partial rollback returns a *part* of the target release:
+
+- ``services``: only these services (and the partners a version lock ties to them) go back,
+  their image and their configuration;
+- ``scope``: ``config`` (env-file keys and compose settings, images stay), ``images`` (the
+  reverse), ``artifacts`` (declared model files, see ``_artifacts``), or ``all``.
+
+The part is written into the project files, never only into one ``docker compose up``, so a
+plain ``docker compose up -d`` afterwards finds the same mixed state and changes nothing. A file
+or an env key therefore comes back only when everything that reads it is in the part:
+
+- an env key is read by the services whose definition (image line or settings) names it as
+  ``${KEY}``; a key no service names (``COMPOSE_PROFILES``, a top-level ``name:``) belongs to
+  the project as a whole;
+- the compose files (and the files they pull in) come back together, when every difference
+  between the release's merged project and today's lies inside the part.
+
+What cannot come back alone is named: a setting stays as it is now, with the services that share
+it; an image that cannot return without a key or a file other services read too blocks the
+rollback, with the sentence saying which service to add. :func:`plan` is pure; the switch
+module applies its ``files`` and ``images``, the compatibility gate shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import typing as t
+
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import parse_env_text
+from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, interpolate, locate_images, unpin_text
+
+SCOPES = ("all", "config", "images", "artifacts")
+VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+ENV_LINE = re.compile(r"^\s*(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*[=:]")
+PROJECT = ("", "project")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
+
+Aspect = t.Tuple[str, str]
+
+
+def is_partial(services: list[str] | None, scope: str | None) -> bool:
+    return bool(services) or (scope or "all") != "all"
+
+
+def unpinned(ref: t.Any) -> t.Any:
+    """An image reference without its digest pin (what the pin role adds and an upgrade takes away)."""
+    return DIGEST.sub("", ref) if isinstance(ref, str) else ref
+
+
+def _names(value: t.Any) -> set[str]:
+    return set(VARIABLE.findall(json.dumps(value).replace("$$", "")))
+
+
+def readers(structure: dict[str, t.Any], env_path: str | None = None) -> dict[str, set[Aspect]]:
+    """env key → the aspects that read it: ``(service, "image")``, ``(service, "config")`` or the project.
+
+    ``structure`` is the merged project without interpolation (what a release records as
+    ``compose.config``). A service whose ``env_file`` is the project's env file reads every key of it
+    (under the key ``*``).
+    """
+    out: dict[str, set[Aspect]] = {}
+    for name, spec in sorted((structure.get("services") or {}).items()):
+        for field, value in (spec or {}).items():
+            aspect = (name, "image" if field == "image" else "config")
+            for key in _names(value):
+                out.setdefault(key, set()).add(aspect)
+        env_files = spec.get("env_file") if isinstance(spec, dict) else None
+        paths = [e.get("path") if isinstance(e, dict) else e for e in env_files or []] if isinstance(env_files, list) else [env_files]
+        if env_path and any(p and os.path.basename(str(p)) == os.path.basename(env_path) for p in paths):
+            out.setdefault("*", set()).add((name, "config"))
+    for key in _names({k: v for k, v in structure.items() if k != "services"}):
+        out.setdefault(key, set()).add(PROJECT)
+    return out
+
+
+def differences(target: dict[str, t.Any], live: dict[str, t.Any]) -> set[Aspect]:
+    """The aspects in which two merged projects differ."""
+    out: set[Aspect] = set()
+    before, now = target.get("services") or {}, live.get("services") or {}
+    for name in set(before) | set(now):
+        a, b = before.get(name), now.get(name)
+        if a is None or b is None:
+            out.update({(name, "image"), (name, "config")})
+            continue
+        if unpinned(a.get("image")) != unpinned(b.get("image")):
+            out.add((name, "image"))
+        if {k: v for k, v in a.items() if k != "image"} != {k: v for k, v in b.items() if k != "image"}:
+            out.add((name, "config"))
+    if {k: v for k, v in target.items() if k not in ("services", "name")} != {k: v for k, v in live.items() if k not in ("services", "name")}:
+        out.add(PROJECT)
+    return out
+
+
+def env_lines(text: str) -> dict[str, str]:
+    """key → its line as written (the last one wins, as it does for Compose)."""
+    out = {}
+    for line in text.splitlines():
+        match = ENV_LINE.match(line)
+        if match and not line.lstrip().startswith("#"):
+            out[match.group("key")] = line.rstrip("\n")
+    return out
+
+
+def take_keys(live: str, target: str, keys: list[str]) -> str:
+    """The live env file with the lines of ``keys`` as the target file has them (added, replaced or removed)."""
+    wanted = env_lines(target)
+    out, seen = [], set()
+    for line in live.splitlines(keepends=True):
+        match = ENV_LINE.match(line)
+        key = match.group("key") if match and not line.lstrip().startswith("#") else None
+        if key in keys:
+            if key in wanted and key not in seen:
+                out.append(wanted[key] + "\n")
+            seen.add(key)
+            continue
+        out.append(line)
+    if out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    out.extend(wanted[k] + "\n" for k in keys if k in wanted and k not in seen)
+    return "".join(out)
+
+
+def part_of(app: dict[str, t.Any], target: dict[str, t.Any], services: list[str], scope: str) -> tuple[list[str], list[str], list[str]]:
+    """The services that go back, the sentences for the partners a version lock adds, and refusals."""
+    known = sorted((target.get("services") or {}))
+    if not services:
+        return known, [], []
+    unknown = [s for s in services if s not in known]
+    if unknown:
+        return [], [], [f"rollback_services names {', '.join(unknown)}, which release {target['release_id']} does not run "
+                        f"(its services: {', '.join(known)}); fix rollback_services"]
+    part = list(dict.fromkeys(services))
+    partners = []
+    if scope in ("all", "images"):
+        for group in app.get("version_locks") or []:
+            if set(group) & set(part):
+                added = [s for s in group if s not in part and s in known]
+                if added:
+                    part += added
+                    partners.append(f"{', '.join(added)} {'goes' if len(added) == 1 else 'go'} too: version lock {list(group)}")
+    return sorted(part), partners, []
+
+
+def wanted_aspects(part: list[str], services: list[str], scope: str) -> set[Aspect]:
+    kinds = {"all": ("image", "config"), "config": ("config",), "images": ("image",)}.get(scope, ())
+    out = {(s, k) for s in part for k in kinds}
+    if not services and scope == "config":
+        out.add(PROJECT)
+    return out
+
+
+def _who(aspects: t.Iterable[Aspect]) -> str:
+    names = sorted({"the project" if a == PROJECT else (f"{a[0]}'s image" if a[1] == "image" else a[0]) for a in aspects})
+    return ", ".join(names)
+
+
+def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str, bytes], live_files: dict[str, bytes],
+         live_structure: dict[str, t.Any], live_images: dict[str, dict[str, t.Any]], services: list[str] | None,
+         scope: str, environ: t.Mapping[str, str] | None = None) -> dict[str, t.Any]:
+    """What a partial rollback to ``target`` changes, keeps and refuses.
+
+    ``live_images``: per service that runs now, ``image_ref`` (as Compose resolves its image line)
+    and ``image_id``. Returns ``services`` (the part), ``partners``, ``files`` (the project files to
+    write, relative name → bytes), ``images`` (per service of the target, the image ID it must
+    run), ``back`` / ``kept`` (what returns and what stays, with why), ``blocking`` and
+    ``actions``.
+    """
+    services = list(services or [])
+    part, partners, blocking = part_of(app, target, services, scope)
+    env_rel = os.path.relpath(app["env_file"], app["project_dir"])
+    target_structure = (target.get("compose") or {}).get("config") or {}
+    result: dict[str, t.Any] = {"scope": scope, "services": part, "partners": partners, "files": {}, "images": {},
+                                "back": {"images": [], "env": [], "files": []}, "kept": {"env": {}, "files": {}, "images": []},
+                                "blocking": blocking, "actions": []}
+    if blocking or scope == "artifacts":
+        return result
+    want = wanted_aspects(part, services, scope)
+
+    # env keys: back when every reader is in the part
+    live_env_text = live_files.get(env_rel, b"").decode(errors="surrogateescape")
+    target_env_text = target_files.get(env_rel, b"").decode(errors="surrogateescape")
+    live_env, target_env = parse_env_text(live_env_text, environ or {}), parse_env_text(target_env_text, environ or {})
+    who_reads: dict[str, set[Aspect]] = {}
+    for source in (readers(target_structure, app["env_file"]), readers(live_structure, app["env_file"])):
+        for key, aspects in source.items():
+            who_reads.setdefault(key, set()).update(aspects)
+    everyone = who_reads.pop("*", set())
+    env_back = []
+    for key in sorted(set(live_env) | set(target_env)):
+        if live_env.get(key) == target_env.get(key):
+            continue
+        aspects = set(who_reads.get(key, set())) | everyone
+        if key.startswith("COMPOSE_") or not aspects:
+            aspects.add(PROJECT)
+        if aspects <= want:
+            env_back.append(key)
+        elif aspects & want:
+            result["kept"]["env"][key] = f"also read by {_who(aspects - want)}"
+        else:
+            result["kept"]["env"][key] = "outside the part"
+    env_text = take_keys(live_env_text, target_env_text, env_back) if env_back else live_env_text
+
+    # the compose files (and what they pull in) come back together, or not at all; digest pins alone are no change
+    changed = sorted(rel for rel in target_files if rel != env_rel and live_files.get(rel) != target_files[rel])
+    diff = differences(target_structure, live_structure)
+    files_back = bool(changed) and bool(diff) and diff <= want
+    if changed and not files_back:
+        reason = ("only digest pins differ" if not diff else
+                  f"{'they change' if len(changed) > 1 else 'it changes'} {_who(diff - want)} too" if diff & want
+                  else "outside the part")
+        for rel in changed:
+            result["kept"]["files"][rel] = reason
+    structure = target_structure if files_back else live_structure
+    files = dict(live_files)
+    compose_rels = [os.path.relpath(p, app["project_dir"]) for p in app.get("compose_files") or []]
+    if files_back:
+        # written without the release's pins: a pin would hold a service that stays on the release's digest
+        files.update({rel: unpin_text(target_files[rel].decode(), rel).encode() if rel in compose_rels else target_files[rel]
+                      for rel in changed})
+    if env_back:
+        files[env_rel] = env_text.encode(errors="surrogateescape")
+    result["files"] = files
+    result["back"]["env"] = env_back
+    result["back"]["files"] = changed if files_back else []
+
+    # images: each service runs the target's image (its image is in the part) or today's; the files must say the same
+    values = dict(parse_env_text(env_text, environ or {}))
+    values.update(environ or {})
+    target_services = target.get("services") or {}
+    kept_keys = {k for k, why in result["kept"]["env"].items()}
+    repinned: list[str] = []
+    for name, recorded in sorted(target_services.items()):
+        live = live_images.get(name)
+        back = (name, "image") in want or live is None
+        chosen = recorded if back else live
+        result["images"][name] = chosen["image_id"]
+        if back and (live or {}).get("image_id") != recorded["image_id"]:
+            result["back"]["images"].append(name)
+        elif not back:
+            result["kept"]["images"].append(name)
+        line = ((structure.get("services") or {}).get(name) or {}).get("image")
+        if not isinstance(line, str) or not chosen.get("image_ref"):
+            continue
+        if back and DIGEST.search(line) and live is not None and recorded["image_id"] != live["image_id"]:
+            # the pin in today's file holds today's image: it moves to the release's digest (or goes)
+            found = DIGEST.search(str(recorded.get("image_ref")))
+            problem = repin(files, compose_rels, name, found.group(0) if found else "", set(result["images"]) - set(part))
+            if problem:
+                result["blocking"].append(f"{name} cannot go back to {recorded['image_ref']} alone: {problem}")
+                continue
+            line = DIGEST.sub(found.group(0) if found else "", line)
+            repinned.append(name)
+        try:
+            resolved = interpolate(line, values)
+        except PinError as exc:
+            result["blocking"].append(f"the image line of {name} ({line}) cannot be read: {exc}")
+            continue
+        if resolved == (chosen["image_ref"] if DIGEST.search(resolved) else unpinned(chosen["image_ref"])):
+            continue
+        if back:
+            held = sorted(k for k in _names(line) & kept_keys)
+            if held:
+                others = set().union(*(who_reads.get(k, set()) for k in held)) - want
+                shared = ", ".join(sorted({a[0] for a in others if a != PROJECT} | ({"the project"} if PROJECT in others else set())))
+                why = (f"its image line {line} reads {', '.join(held)}, which {shared} also {'reads' if ',' not in shared else 'read'}"
+                       + (f"; add {shared} to rollback_services, or tie them together in app.version_locks" if services else ""))
+            else:
+                why = (f"its image line is in {', '.join(changed)}, which {'change' if len(changed) > 1 else 'changes'} "
+                       f"{_who(diff - want)} too")
+            result["blocking"].append(f"{name} cannot go back to {recorded['image_ref']} alone: {why}")
+        else:
+            result["blocking"].append(f"{name} would leave {live['image_ref']} for {resolved}, although its "
+                                      f"image is outside the part (scope {scope}); roll back with rollback_scope=all")
+    if result["blocking"]:
+        return result
+    result["back"]["files"] = sorted(rel for rel in files if rel != env_rel and files[rel] != live_files.get(rel))
+    for rel in result["back"]["files"]:
+        result["kept"]["files"].pop(rel, None)
+    result["actions"] = ([f"bring back {name}'s image {target_services[name]['image_ref']}" for name in result["back"]["images"]]
+                         + [f"bring back {key} in {env_rel}" for key in env_back]
+                         + [f"bring back {rel}" for rel in changed if files_back]
+                         + [f"pin {name}'s image line to the release's digest" for name in repinned]
+                         + [f"keep {key} as it is now ({why})" for key, why in sorted(result["kept"]["env"].items())
+                            if why != "outside the part"]
+                         + [f"keep {rel} as it is now ({why})" for rel, why in sorted(result["kept"]["files"].items())
+                            if why not in ("outside the part", "only digest pins differ")])
+    return result
+
+
+def repin(files: dict[str, bytes], compose_rels: list[str], service: str, digest: str, staying: set[str]) -> str | None:
+    """Set the digest pin of ``service``'s image line (in the last compose file that names its image) in ``files``.
+
+    Returns why it cannot be done alone: the line is shared (a YAML anchor) with a service that stays.
+    """
+    for rel in reversed(compose_rels):
+        if rel not in files:
+            continue
+        text = files[rel].decode()
+        for node in locate_images(text, rel).nodes:
+            if service not in node.services:
+                continue
+            shared = sorted(set(node.services) & staying)
+            if shared:
+                return f"its image line (line {node.line} of {rel}) is shared with {', '.join(shared)}, which {'stays' if len(shared) == 1 else 'stay'}"
+            span = text[node.start:node.end]
+            files[rel] = (text[:node.start] + DIGEST.sub(digest, span) + text[node.end:]).encode()
+            return None
+    return None
+
+
+def mixed(target_id: str, live_id: str | None, partial: dict[str, t.Any]) -> dict[str, t.Any]:
+    """What the release recorded after a partial rollback says of itself."""
+    return {"target": target_id, "from": live_id, "scope": partial["scope"], "services": partial["services"],
+            "back": partial["back"], "kept": partial["kept"]}
+
+
+def changes(partial: dict[str, t.Any]) -> bool:
+    back = partial.get("back") or {}
+    return bool(back.get("images") or back.get("env") or back.get("files") or (partial.get("artifacts") or {}).get("put_back"))
