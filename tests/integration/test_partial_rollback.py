@@ -55,8 +55,7 @@ class Chat:
         found = {}
         for c in self.client.containers.list(filters={"label": f"com.docker.compose.project={self.name}"}):
             env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
-            found[c.labels["com.docker.compose.service"]] = {"id": c.id, "image": c.attrs["Image"], "env": env,
-                                                              "ref": c.attrs["Config"]["Image"]}
+            found[c.labels["com.docker.compose.service"]] = {"id": c.id, "image": c.attrs["Image"], "env": env}
         return found
 
     def version(self) -> str:
@@ -100,16 +99,15 @@ def test_put_back_only_what_broke(chat, run_playbook, tmp_path):
     first_model = sha256(chat.model)
 
     # both services upgraded together, with new settings
-    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": {"APP_VERSION": "1.1", "WORKER_VERSION": "1.1",
-                                                                      "WORKER_THREADS": "8", "ANSWER_STYLE": "verbose"}},
-                       inventory=inventory)
+    upgrade = {"APP_VERSION": "1.1", "WORKER_VERSION": "1.1", "WORKER_THREADS": "8", "ANSWER_STYLE": "verbose"}
+    run = run_playbook("selfhost.rollback.upgrade", {"upgrade_env": upgrade}, inventory=inventory)
     assert run.rc == 0, run.stdout[-3000:]
     ledger = chat.store / "chat"
     releases = sorted((json.loads(p.read_text()) for p in (ledger / "releases").glob("r-*.json")), key=lambda r: r["recorded_at"])
     v1 = releases[0]
     assert v1["artifacts"]["model"]["digest"] == first_model
     assert (ledger / "artifacts" / first_model.split(":")[1]).read_bytes() == chat.model.read_bytes()
-    upgraded = {n: c for n, c in chat.containers().items()}
+    upgraded = chat.containers()
     assert upgraded["worker"]["image"] == chat.image_id("1.1") and upgraded["worker"]["env"]["WORKER_THREADS"] == "8"
     assert chat.version() == "1.1"
     env_before = (chat.dir / ".env").read_bytes()

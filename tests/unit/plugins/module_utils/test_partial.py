@@ -44,9 +44,9 @@ LIVE_IMAGES = {"app": {"image_ref": REG + "/notes:1.1", "image_id": "sha256:app1
 COMPOSE = b"services: {}\n"
 
 
-def plan(services=(), scope="all", live_env=None, live_compose=COMPOSE, live_structure=None, app=APP, target=None):
+def plan(services=(), scope="all", live_env=None, live_compose=COMPOSE, live_structure=None, app=None, target=None):
     live_env = live_env or env(NOTES_VERSION="1.1", WORKER_VERSION="1.1", WORKER_THREADS="4", ANSWER_STYLE="long")
-    return _partial.plan(app, target or release(), {".env": env(), "compose.yaml": COMPOSE},
+    return _partial.plan(app or APP, target or release(), {".env": env(), "compose.yaml": COMPOSE},
                          {".env": live_env, "compose.yaml": live_compose}, live_structure or structure(), LIVE_IMAGES,
                          list(services), scope)
 
