@@ -37,7 +37,10 @@ run_integration() {
 run_lint() {
   say "ansible-lint (profile production)"
   drop_stale_copy
-  ansible-lint --offline
+  ansible-lint --offline || return 1
+  say "antsibull-docs lint-collection-docs (modules, role argument specs, semantic markup)"
+  # it reads the collection where Ansible finds it: ansible_collections/selfhost/rollback
+  (cd "$ANSIBLE_COLLECTIONS_PATH/ansible_collections/selfhost/rollback" && antsibull-docs lint-collection-docs --plugin-docs .)
 }
 
 run_sanity() {
