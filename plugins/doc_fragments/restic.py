@@ -26,7 +26,16 @@ options:
         description: File holding the repository password.
         type: path
       env:
-        description: Extra environment for restic.
+        description:
+          - Extra environment for restic, for example the C(AWS_ACCESS_KEY_ID) and C(AWS_SECRET_ACCESS_KEY) of an S3 bucket or the
+            C(B2_ACCOUNT_ID) and C(B2_ACCOUNT_KEY) of a Backblaze B2 bucket (C(no_log)).
         type: dict
         default: {}
+      options:
+        description:
+          - restic's extended options, each passed as C(-o OPTION) to every restic command, for example
+            V(sftp.command=ssh backup@nas.example -i /root/.ssh/backup -s sftp) for an SFTP repository.
+        type: list
+        elements: str
+        default: []
 """

@@ -39,7 +39,7 @@ class Restic:
     """One restic repository, with its password kept off the command line."""
 
     def __init__(self, repository: str, password: str | None = None, password_file: str | None = None,
-                 binary: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+                 binary: str | None = None, extra_env: dict[str, str] | None = None, options: list[str] | None = None) -> None:
         self.binary = binary or shutil.which("restic") or ""
         if not self.binary:
             raise ResticError("the restic CLI is not installed on this host; install restic or use the local backend")
@@ -50,6 +50,8 @@ class Restic:
         self._password_file = password_file
         self._tmpdir: str | None = None
         self.extra_env = dict(extra_env or {})
+        # restic's -o options (sftp.command, s3.storage-class...), before every command
+        self.argv = [self.binary] + [arg for option in options or [] for arg in ("-o", str(option))]
 
     def __enter__(self) -> "Restic":
         return self
@@ -82,13 +84,13 @@ class Restic:
         return env
 
     def run(self, *args: str, what: str, stdin: t.Any = None, timeout: float = 3600) -> str:
-        proc = subprocess.run([self.binary, *args], env=self.env(), input=stdin, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run([*self.argv, *args], env=self.env(), input=stdin, capture_output=True, timeout=timeout, check=False)
         check_exit(proc.returncode, proc.stderr, what)
         return proc.stdout.decode(errors="replace")
 
     def ensure_repository(self) -> bool:
         """Initialise the repository when it does not exist; return True when it was created."""
-        proc = subprocess.run([self.binary, "cat", "config"], env=self.env(), capture_output=True, check=False)
+        proc = subprocess.run([*self.argv, "cat", "config"], env=self.env(), capture_output=True, check=False)
         if proc.returncode == 0:
             return False
         self.run("init", what="initialising the restic repository")
@@ -96,13 +98,13 @@ class Restic:
 
     def backup_stdin(self, filename: str, tags: list[str]) -> subprocess.Popen:
         """Start ``restic backup --stdin``; write the stream to ``.stdin``, then call :func:`finish_backup`."""
-        args = [self.binary, "backup", "--stdin", "--stdin-filename", filename, "--json", "--quiet"]
+        args = [*self.argv, "backup", "--stdin", "--stdin-filename", filename, "--json", "--quiet"]
         for tag in tags:
             args += ["--tag", tag]
         return subprocess.Popen(args, env=self.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def dump(self, snapshot: str, filename: str) -> subprocess.Popen:
-        return subprocess.Popen([self.binary, "dump", "--quiet", snapshot, "/" + filename], env=self.env(),
+        return subprocess.Popen([*self.argv, "dump", "--quiet", snapshot, "/" + filename], env=self.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def forget(self, snapshots: list[str], prune: bool = True) -> None:
@@ -149,6 +151,7 @@ def restic_option_spec() -> dict[str, t.Any]:
             "password": {"type": "str", "no_log": True},
             "password_file": {"type": "path", "no_log": False},
             "env": {"type": "dict", "default": {}, "no_log": True},
+            "options": {"type": "list", "elements": "str", "default": []},
         },
     }
 
@@ -157,4 +160,4 @@ def restic_from_params(params: dict[str, t.Any] | None) -> Restic | None:
     if not params:
         return None
     return Restic(params["repository"], password=params.get("password"), password_file=params.get("password_file"),
-                  extra_env={str(k): str(v) for k, v in (params.get("env") or {}).items()})
+                  extra_env={str(k): str(v) for k, v in (params.get("env") or {}).items()}, options=params.get("options"))
