@@ -86,7 +86,9 @@ compose_files_from:
   type: str
   sample: the default file names
 services:
-  description: One entry per service declared in the compose files.
+  description:
+    - One entry per service declared in the compose files.
+    - Keyed by service name.
   returned: always
   type: dict
   sample:
@@ -99,6 +101,41 @@ services:
       image_id: sha256:78d65fffd3cc
       repo_digests: ["127.0.0.1:5000/selfhost/notes@sha256:ec5f..."]
       ports: ["127.0.0.1:8080->8080/tcp"]
+  contains:
+    declared_image:
+      description: The image the compose files declare for the service (V(null) when they declare none).
+      type: str
+    container:
+      description: Name of the service's container (V(null) when it has none).
+      type: str
+    container_id:
+      description: Short id (12 characters) of that container (V(null) when it has none).
+      type: str
+    state:
+      description: The container's state as the engine reports it (V(running), V(exited)...), or V(absent) when there is no container.
+      type: str
+    exit_code:
+      description: The container's exit code, as the engine reports it.
+      type: int
+      returned: when the service has a container
+    health:
+      description: The container's health check status (V(healthy), V(unhealthy), V(starting)), or V(null) without a health check or container.
+      type: str
+    image_id:
+      description: Image ID the container runs (V(null) when there is no container).
+      type: str
+    repo_digests:
+      description: Registry digests of that image (empty when it has none or there is no container).
+      type: list
+      elements: str
+    ports:
+      description: Published ports, each as C(<host ip>:<host port>-><container port>/<protocol>).
+      type: list
+      elements: str
+    one_shot:
+      description: "V(true) for a one-shot service, named in O(app.one_shot) or awaited by another with C(condition: service_completed_successfully)."
+      type: bool
+      returned: for a one-shot service
 running:
   description: Whether every declared service has a running container (a one-shot service, one that exited by design).
   returned: always
@@ -108,6 +145,26 @@ health:
   returned: always
   type: dict
   sample: {url: "http://127.0.0.1:8080/healthz", status: 200, ok: true, body: {status: ok, version: "1.0"}, ms: 4.1}
+  contains:
+    url:
+      description: The URL requested.
+      type: str
+    status:
+      description: HTTP status of the answer (V(0) when nothing answered).
+      type: int
+    ok:
+      description: Whether the status is 2xx.
+      type: bool
+    ms:
+      description: Milliseconds the request took.
+      type: float
+    body:
+      description: The answer's body, read as JSON when it parses, else its first 500 characters (V(null) when empty).
+      type: raw
+    error:
+      description: Why nothing answered (connection refused, timeout...).
+      type: str
+      returned: when nothing answered
 outcome:
   description:
     - Always V(unchanged), as this module only reads.

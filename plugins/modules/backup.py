@@ -127,11 +127,124 @@ items:
   elements: dict
   sample: [{"kind": "database", "name": "db-notes", "archive": "database-db-notes.sql.zst", "bytes": 1834,
             "checksum": "zstd-xxh64", "tables": {"public.notes": 3}, "consistency": "dump"}]
+  contains:
+    kind:
+      description: V(database), V(volume) or V(path).
+      type: str
+    name:
+      description: The item's name, C(<service>-<database>) for a database, the Compose volume key, or the path as in O(app.paths).
+      type: str
+    consistency:
+      description: How its writers were (or would be) kept still, V(dump) for a database, else V(pause), V(stop) or V(none).
+      type: str
+    service:
+      description: The database's service.
+      type: str
+      returned: for a database
+    engine:
+      description: The database engine, as in O(app.databases).
+      type: str
+      returned: for a database
+    database:
+      description: The database's name, as in O(app.databases).
+      type: str
+      returned: for a database
+    user:
+      description: The database user, as in O(app.databases) (V(null) when not given).
+      type: str
+      returned: for a database, except in check mode
+    path:
+      description: The SQLite file, as in O(app.databases) (V(null) when not given).
+      type: str
+      returned: for a database, except in check mode
+    image:
+      description: The database container's image, C(id) (its image ID) and C(ref) (the reference the container was created from).
+      type: dict
+      returned: for a database, except in check mode
+    tables:
+      description: Rows per table, as counted at the dump.
+      type: dict
+      returned: for a database, except in check mode
+    counts:
+      description: V(after-dump) for MySQL and MariaDB, whose rows are counted after the dump.
+      type: str
+      returned: for a MySQL or MariaDB database, except in check mode
+    quiesce:
+      description: Services whose running containers are paused or stopped while its files are read (empty with V(none)).
+      type: list
+      elements: str
+      returned: for a volume or path, in check mode
+    volume:
+      description: The Docker volume's name.
+      type: str
+      returned: for a volume, except in check mode
+    databases:
+      description:
+        - SQLite databases that lie in the volume and are captured with it.
+        - Dicts with C(name), C(path) and C(service); in check mode, their names only.
+      type: list
+      elements: raw
+      returned: for a volume that holds a declared SQLite database
+    skipped:
+      description: Files not captured, or captured padded, each with C(path) and C(reason).
+      type: list
+      elements: dict
+      returned: for a volume or path with such files, except in check mode
+    file_count:
+      description: Number of entries (files, directories, links, FIFOs) in the archive's per-file map.
+      type: int
+      returned: for a volume or path, except in check mode
+    raw_bytes:
+      description: Bytes of the dump or tar stream before compression.
+      type: int
+      returned: except in check mode
+    format:
+      description: V(pg_dump-plain), V(mysqldump), V(sqlite-backup-api) or V(tar-pax).
+      type: str
+      returned: except in check mode
+    archive:
+      description: The archive's file name in the set directory, or with the restic backend the snapshot's file name.
+      type: str
+      returned: except in check mode
+    compression:
+      description: V(zstd), V(gzip), V(none), or V(restic) with the restic backend.
+      type: str
+      returned: except in check mode
+    bytes:
+      description: Bytes stored.
+      type: int
+      returned: except in check mode
+    checksum:
+      description: What guards the stored bytes of a local archive (V(zstd-xxh64), V(gzip-crc32) or V(sha256)).
+      type: str
+      returned: with the local backend, except in check mode
+    sha256:
+      description: C(sha256:) and the hex digest of the stored bytes.
+      type: str
+      returned: with O(compression=none) or the restic backend, except in check mode
+    snapshot:
+      description: The restic snapshot id.
+      type: str
+      returned: with the restic backend, except in check mode
+    duration_s:
+      description: Seconds its capture took.
+      type: float
+      returned: except in check mode
 left_out:
   description: Sources left out on purpose, with the reason.
   returned: always
   type: list
   elements: dict
+  contains:
+    kind:
+      description: What was left out, always V(volume).
+      type: str
+    name:
+      description: The Compose volume key.
+      type: str
+    reason:
+      description: Why it was left out (captured by a database's dump, or holds only an SQLite database), and how to capture it too.
+      type: str
 release_id:
   description: The release the set was taken under, or null when no release is recorded.
   returned: success

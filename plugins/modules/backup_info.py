@@ -58,6 +58,35 @@ sets:
   elements: dict
   sample: [{set_id: b-20261122T020705Z-3fa1, created_at: "2026-11-22T02:07:05Z", release_id: r-20261122T020500Z-9f8e7d6c,
             schema_version: "2", bytes: 18342, verified: true, last_verification: {at: "2026-11-22T02:07:09Z", kind: test_restore, passed: true}}]
+  contains:
+    set_id:
+      description: The set's id.
+      type: str
+    created_at:
+      description: When the set was taken (UTC).
+      type: str
+    release_id:
+      description: The release it was taken under (V(null) when none was recorded).
+      type: str
+    schema_version:
+      description: The app's schema version when it was taken (V(null) when none was recorded).
+      type: str
+    backend:
+      description: V(local) or V(restic).
+      type: str
+    bytes:
+      description: Bytes stored for the set.
+      type: int
+    items:
+      description: Names of the items it holds.
+      type: list
+      elements: str
+    verified:
+      description: Whether its last verification run passed.
+      type: bool
+    last_verification:
+      description: Its last verification run, C(at), C(kind) (V(deep) or V(test_restore)) and C(passed), or V(null) when it was never verified.
+      type: dict
 partial:
   description: Ids of sets without a manifest (interrupted; the next backup removes them).
   returned: always
@@ -67,6 +96,38 @@ newest_verified:
   description: The newest set whose last verification passed (within O(release_id) when given), with its age in seconds, or V(null).
   returned: always
   type: dict
+  contains:
+    set_id:
+      description: The set's id.
+      type: str
+    created_at:
+      description: When the set was taken (UTC).
+      type: str
+    release_id:
+      description: The release it was taken under (V(null) when none was recorded).
+      type: str
+    schema_version:
+      description: The app's schema version when it was taken (V(null) when none was recorded).
+      type: str
+    backend:
+      description: V(local) or V(restic).
+      type: str
+    bytes:
+      description: Bytes stored for the set.
+      type: int
+    items:
+      description: Names of the items it holds.
+      type: list
+      elements: str
+    verified:
+      description: Whether its last verification run passed.
+      type: bool
+    last_verification:
+      description: Its last verification run, C(at), C(kind) (V(deep) or V(test_restore)) and C(passed), or V(null) when it was never verified.
+      type: dict
+    age_s:
+      description: Seconds since it was taken.
+      type: int
 outcome:
   description:
     - Always V(unchanged), as this module only reads.

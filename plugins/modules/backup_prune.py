@@ -65,6 +65,16 @@ kept:
   type: list
   elements: dict
   sample: [{"set_id": "b-20261122T020705Z-3fa1", "reasons": ["among the last 3", "newest verified set"]}]
+  contains:
+    set_id:
+      description: The set's id.
+      type: str
+    reasons:
+      description:
+        - The rules that keep it, V(among the last <n>), V(within keep_within), V(newest verified set),
+          V(needed by retained release <release_id>), V(named by a release record).
+      type: list
+      elements: str
 partial_removed:
   description: Partial sets (no manifest) removed.
   returned: always

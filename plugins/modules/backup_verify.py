@@ -98,6 +98,49 @@ runs:
   elements: dict
   sample: [{"at": "2026-11-22T02:07:31Z", "kind": "deep", "passed": true, "duration_s": 0.41, "failures": [],
             "checks": [{"item": "uploads", "kind": "checksum", "passed": true, "duration_s": 0.02, "failures": []}]}]
+  contains:
+    at:
+      description: When the run started (UTC).
+      type: str
+    kind:
+      description: The check run, V(deep) or V(test_restore).
+      type: str
+    passed:
+      description: Whether every item passed.
+      type: bool
+    duration_s:
+      description: Seconds the run took.
+      type: float
+    failures:
+      description: What failed, each line naming the item.
+      type: list
+      elements: str
+    checks:
+      description: One entry per item of the set.
+      type: list
+      elements: dict
+      contains:
+        item:
+          description: The item's name.
+          type: str
+        kind:
+          description: V(checksum) for a deep check, V(test_restore) for a test restore.
+          type: str
+        passed:
+          description: Whether the item passed.
+          type: bool
+        duration_s:
+          description: Seconds the item's check took.
+          type: float
+        failures:
+          description: What failed, each line naming the item.
+          type: list
+          elements: str
+        notices:
+          description: What the scratch file system could not restore, said but not counted as a failure.
+          type: list
+          elements: str
+          returned: when there is something to say
 duration_s:
   description: Seconds all checks took.
   returned: always

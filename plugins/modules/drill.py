@@ -207,12 +207,68 @@ timings:
   type: dict
   sample: {verify_s: 0.1, prepare_s: 0.4, restore_s: 4.2, boot_s: 2.9, healthy_s: 1.1, checks_s: 0.8, teardown_s: 1.5,
            time_to_healthy_s: 8.2, total_s: 11.3}
+  contains:
+    verify_s:
+      description: Seconds spent verifying the backup set (V(null) when the phase did not run).
+      type: float
+    prepare_s:
+      description: Seconds spent preparing the copy (project files, isolation, images) (V(null) when the phase did not run).
+      type: float
+    restore_s:
+      description: Seconds spent restoring the set into the copy (V(null) when the phase did not run).
+      type: float
+    boot_s:
+      description: Seconds spent starting the copy (V(null) when the phase did not run).
+      type: float
+    healthy_s:
+      description: Seconds spent waiting until the copy is healthy (V(null) when the phase did not run).
+      type: float
+    checks_s:
+      description: Seconds spent the health gate, row counts and smoke requests (V(null) when the phase did not run).
+      type: float
+    teardown_s:
+      description: Seconds spent removing the copy (V(null) when the phase did not run).
+      type: float
+    time_to_healthy_s:
+      description: The sum of C(restore_s), C(boot_s) and C(healthy_s), what a rollback with data takes (V(null) when one of them is).
+      type: float
+    total_s:
+      description: Seconds the whole drill took.
+      type: float
 checks:
   description: Every check with its outcome and failures.
   returned: success
   type: list
   elements: dict
   sample: [{name: "rows db-notes", kind: rows, passed: true, failures: [], detail: "2 tables, 3 rows as in the manifest"}]
+  contains:
+    name:
+      description: The check's name (C(health gate), C(rows <item>), C(smoke <method> <path>)...).
+      type: str
+    kind:
+      description:
+        - V(verify), V(isolation), V(images), V(restore), V(checksums), V(health), V(rows), V(smoke),
+          V(teardown) or V(production).
+      type: str
+    passed:
+      description: Whether the check passed.
+      type: bool
+    failures:
+      description: What failed, one sentence each (at most 20).
+      type: list
+      elements: str
+    detail:
+      description: What was checked, in a few words.
+      type: str
+      returned: when there is something to say
+    figures:
+      description: The health gate's figures, C(requests), C(errors), C(error_rate), C(p50_ms), C(p99_ms) and C(statuses).
+      type: dict
+      returned: for the V(health) check
+    tables:
+      description: Rows per table found in the copy.
+      type: dict
+      returned: for a V(rows) check whose database was counted
 failures:
   description: Why the drill failed, one sentence each (empty when it passed).
   returned: always
@@ -229,6 +285,13 @@ record:
   type: dict
   sample: {json: /var/lib/selfhost-rollback/notes/drills/d-20261122T030000Z-7c1e.json,
            markdown: /var/lib/selfhost-rollback/notes/drills/d-20261122T030000Z-7c1e.md}
+  contains:
+    json:
+      description: Path of the JSON record.
+      type: str
+    markdown:
+      description: Path of the Markdown record, for people.
+      type: str
 outcome:
   description:
     - V(passed) or V(failed), the drill's verdict; in check mode V(changed) (a drill would run).

@@ -131,19 +131,80 @@ figures:
   returned: always
   type: dict
   sample: {requests: 20, errors: 0, error_rate: 0.0, p50_ms: 2.1, p99_ms: 4.8, statuses: {"200": 20}}
+  contains:
+    requests:
+      description: Number of probes sent.
+      type: int
+    errors:
+      description: Probes that did not answer 2xx.
+      type: int
+    error_rate:
+      description: Share of failed probes, from V(0) to V(1).
+      type: float
+    p50_ms:
+      description: Median latency of the 2xx answers in milliseconds (V(null) when there was none).
+      type: float
+    p99_ms:
+      description: 99th percentile latency of the 2xx answers in milliseconds (V(null) when there was none).
+      type: float
+    statuses:
+      description: Number of answers per HTTP status (V(0) when nothing answered), keyed by the status as a string.
+      type: dict
 baseline:
   description: The baseline judged against (its figures and when it was taken), or V(null).
   returned: always
   type: dict
+  contains:
+    format:
+      description: Record format version.
+      type: int
+    app:
+      description: The app's name.
+      type: str
+    name:
+      description: The baseline's name (RV(baseline_name)).
+      type: str
+    taken_at:
+      description: When it was taken (UTC).
+      type: str
+    figures:
+      description: What was measured then, with the same keys as RV(figures).
+      type: dict
+    containers:
+      description: State and health of every service's container then, as in RV(containers).
+      type: dict
+    time_to_healthy_s:
+      description: Seconds until the app was healthy then.
+      type: float
+    signals:
+      description: The value of each signal of O(app.signals) then, keyed by signal name (V(null) when it could not be read).
+      type: dict
 baseline_name:
   description: Name of the baseline in the ledger.
   returned: always
   type: str
 containers:
-  description: State and health of every service's container.
+  description:
+    - State and health of every service's container.
+    - Keyed by service name.
   returned: always
   type: dict
   sample: {app: {state: running, health: healthy}, db: {state: running, health: healthy}}
+  contains:
+    state:
+      description: The container's state (V(running), V(exited)...), or V(absent) when it has none.
+      type: str
+    health:
+      description: The container's health check status, or V(null) without a health check or container.
+      type: str
+    one_shot:
+      description: V(true) for a one-shot service.
+      type: bool
+      returned: for a one-shot service with a container
+    exit_code:
+      description: The container's exit code (a one-shot service passes when it exited with V(0)).
+      type: int
+      returned: for a one-shot service with a container
 smoke:
   description:
     - One entry per smoke request of O(app.smoke), sent once the app is healthy - C(request), C(status), C(passed) and
@@ -152,6 +213,20 @@ smoke:
   type: list
   elements: dict
   sample: [{request: "GET /search?q=invoice", status: 500, passed: false, problems: ["GET /search?q=invoice answered 500, expected 200"]}]
+  contains:
+    request:
+      description: The request's method and path.
+      type: str
+    status:
+      description: HTTP status of the answer (V(0) when nothing answered).
+      type: int
+    passed:
+      description: Whether the answer is the expected one.
+      type: bool
+    problems:
+      description: Why the answer is not the expected one (empty when it is).
+      type: list
+      elements: str
 signals:
   description:
     - One entry per signal of O(app.signals), read once the app is healthy - C(name), C(source) (where it was read),
@@ -162,6 +237,30 @@ signals:
   elements: dict
   sample: [{name: quality, source: "GET /answer?q=refund -> quality", value: 0.41, baseline: 0.92, passed: false,
             problems: ["signal quality is 0.41, below 0.9x the baseline's 0.92 (at least 0.828 allowed)"]}]
+  contains:
+    name:
+      description: The signal's name.
+      type: str
+    source:
+      description: Where it was read (the request or the command, and the JSON path).
+      type: str
+    value:
+      description: The median of its samples (V(null) when it could not be read).
+      type: float
+    error:
+      description: Why it could not be read.
+      type: str
+      returned: when it could not be read
+    baseline:
+      description: The baseline's value, compared by the ratio limits (V(null) with O(mode=baseline) or when the baseline has none).
+      type: float
+    passed:
+      description: Whether it keeps every limit.
+      type: bool
+    problems:
+      description: Each broken limit, with the numbers.
+      type: list
+      elements: str
 time_to_healthy_s:
   description: Seconds until every service ran and the health URL answered 2xx (V(null) if that never happened within O(wait)).
   returned: always

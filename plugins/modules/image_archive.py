@@ -147,6 +147,12 @@ compose_override:
   returned: state is loaded
   type: dict
   sample: {"services": {"app": {"image": "sha256:78d65fffd3cc..."}}}
+  contains:
+    services:
+      description:
+        - Per service whose release reference does not resolve, keyed by service name, C(image), the image ID to run it by.
+      type: dict
+      returned: when a reference does not resolve
 outcome:
   description:
     - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place.

@@ -86,6 +86,97 @@ apps:
            passed: true, started_at: "2026-11-22T03:00:00Z", finished_at: "2026-11-22T03:00:14Z",
            timings: {restore_s: 4.2, boot_s: 2.9, healthy_s: 1.1, time_to_healthy_s: 8.2}, failures: []}
       interrupted_drill: null
+  contains:
+    name:
+      description: The app's name.
+      type: str
+    current_release:
+      description: The release the ledger says is current (V(null) when none is).
+      type: str
+    previous_release:
+      description: The release a rollback to V(previous) goes to (V(null) when there is none).
+      type: str
+    releases:
+      description: Every recorded release, oldest first.
+      type: list
+      elements: dict
+      contains:
+        release_id:
+          description: Release id.
+          type: str
+        recorded_at:
+          description: When it was recorded (UTC).
+          type: str
+        current:
+          description: Whether it is the current release.
+          type: bool
+        schema_version:
+          description: Schema version recorded with it.
+          type: str
+        version:
+          description: Short names and tags of its images, for people.
+          type: str
+        images:
+          description:
+            - Per service, where its image is, V(local), V(registry), V(archive) or V(missing).
+            - V(unknown) when the Docker Engine did not answer, or the release records no image ID.
+          type: dict
+    sets:
+      description: Every complete backup set, oldest first.
+      type: list
+      elements: dict
+      contains:
+        set_id:
+          description: The set's id.
+          type: str
+        created_at:
+          description: When it was taken (UTC).
+          type: str
+        release_id:
+          description: The release it was taken under.
+          type: str
+        schema_version:
+          description: The app's schema version when it was taken.
+          type: str
+        verified:
+          description: Whether its last verification run passed.
+          type: bool
+        bytes:
+          description: Bytes stored for it.
+          type: int
+    drills:
+      description: The newest O(drills) drill records, oldest first.
+      type: list
+      elements: dict
+      contains:
+        drill_id:
+          description: The drill's id.
+          type: str
+        release_id:
+          description: The release drilled.
+          type: str
+        set_id:
+          description: The backup set restored.
+          type: str
+        passed:
+          description: Whether every check passed.
+          type: bool
+        started_at:
+          description: When it started (UTC).
+          type: str
+        finished_at:
+          description: When it finished (UTC).
+          type: str
+        timings:
+          description: Seconds per phase, as in the RV(selfhost.rollback.drill#module:timings) of the drill.
+          type: dict
+        failures:
+          description: The first three reasons it failed (empty when it passed).
+          type: list
+          elements: str
+    interrupted_drill:
+      description: A drill that is running or was interrupted, as C(<drill_id> since <started_at>) (V(null) when there is none).
+      type: str
 outcome:
   description:
     - Always V(unchanged), as this module only reads.

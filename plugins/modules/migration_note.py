@@ -73,6 +73,54 @@ note:
   description: The note as written (see the module description for its parts).
   returned: success
   type: dict
+  contains:
+    format:
+      description: Note format version.
+      type: int
+    app:
+      description: The app's name.
+      type: str
+    from_release:
+      description: The release before the change.
+      type: str
+    to_release:
+      description: The release after the change.
+      type: str
+    backup_set:
+      description: The backup set the note is attached to (V(null) when there is none).
+      type: str
+    written_at:
+      description: When the note was written (UTC); unchanged when writing it again changes nothing.
+      type: str
+    schema:
+      description:
+        - C(before) and C(after), the schema versions; C(reversible_without_data), whether the old code runs on the new schema;
+          C(why), the sentence that says so.
+      type: dict
+    config:
+      description: Configuration keys C(added), C(removed) and C(changed), each a list of names (values are never recorded).
+      type: dict
+    images:
+      description:
+        - One entry per service whose image changed, with C(service), C(change) (V(added), V(removed) or V(changed)),
+          C(before) and C(after) (the references), and for a changed image C(before_version) and C(after_version).
+      type: list
+      elements: dict
+    volumes:
+      description: Volumes C(added) and C(removed), each a list of names.
+      type: dict
+    runtime:
+      description: Per runtime figure that changed (C(engine_version), C(api_version), C(compose_version)), its C(before) and C(after).
+      type: dict
+    how_to_reverse:
+      description: How to reverse the change.
+      type: str
+    text:
+      description: The operator's own words (V(null) when none were given).
+      type: str
+    data_loss:
+      description: What a rollback across this change lost (V(null) until a rollback writes it).
+      type: str
 path:
   description: The JSON note in the ledger; the Markdown note sits beside it with the suffix C(.md).
   returned: success

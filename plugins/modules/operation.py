@@ -137,14 +137,151 @@ operation:
   description: The operation's record after the transition (or the open journal, for O(state=inspect)).
   returned: when an operation is open or was changed
   type: dict
+  contains:
+    op_id:
+      description: The operation's id, C(<UTC time>-<kind>).
+      type: str
+    kind:
+      description: V(upgrade) or V(rollback).
+      type: str
+    app:
+      description: The app's name.
+      type: str
+    phase:
+      description: The phase it is in (V(switching), V(judging), V(reverting), V(recovering)), V(done) once closed.
+      type: str
+    started_at:
+      description: When it was opened (UTC).
+      type: str
+    started_ts:
+      description: When it was opened, in seconds since the epoch.
+      type: float
+    owner:
+      description: The run that holds it, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook process and that process's start time), and C(boot_id) (the control node's boot).
+      type: dict
+    return_to:
+      description: The release it returns to on failure (from O(fields)).
+      type: str
+    interrupted_in:
+      description: The phase it was in when its run was gone.
+      type: str
+      returned: once O(state=adopt) took it over
+    previous_owner:
+      description: The run that held it before, with the same keys as C(owner).
+      type: dict
+      returned: once O(state=adopt) took it over
+    outcome:
+      description: How it ended (see O(outcome)).
+      type: str
+      returned: once closed
+    finished_at:
+      description: When it was closed (UTC).
+      type: str
+      returned: once closed
+    release_after:
+      description: The release the app runs after it (from O(fields)); moves the release history on V(upgraded), V(reverted), V(rolled_back) and V(recovered).
+      type: str
+      returned: when given in O(fields)
+    run_id:
+      description: The fleet run it belongs to (from O(fields)); an upgrade closed as V(upgraded) records what the run changed.
+      type: str
+      returned: when given in O(fields)
+    figures:
+      description: Figures from O(fields), and once closed C(seconds), how long the whole operation took.
+      type: dict
+      returned: once closed, or when given in O(fields)
 pending:
   description: The open journal, for O(state=inspect); null when none is open.
   returned: always
   type: dict
+  contains:
+    op_id:
+      description: The operation's id, C(<UTC time>-<kind>).
+      type: str
+    kind:
+      description: V(upgrade) or V(rollback).
+      type: str
+    app:
+      description: The app's name.
+      type: str
+    phase:
+      description: The phase it is in (V(switching), V(judging), V(reverting), V(recovering)).
+      type: str
+    started_at:
+      description: When it was opened (UTC).
+      type: str
+    started_ts:
+      description: When it was opened, in seconds since the epoch.
+      type: float
+    owner:
+      description: The run that holds it, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook process and that process's start time), and C(boot_id) (the control node's boot).
+      type: dict
+    return_to:
+      description: The release it returns to on failure (from O(fields)).
+      type: str
+    interrupted_in:
+      description: The phase it was in when its run was gone.
+      type: str
+      returned: once O(state=adopt) took it over
+    previous_owner:
+      description: The run that held it before, with the same keys as C(owner).
+      type: dict
+      returned: once O(state=adopt) took it over
 last:
   description: The last finished operation's record.
   returned: when O(state=inspect)
   type: dict
+  contains:
+    op_id:
+      description: The operation's id, C(<UTC time>-<kind>).
+      type: str
+    kind:
+      description: V(upgrade) or V(rollback).
+      type: str
+    app:
+      description: The app's name.
+      type: str
+    phase:
+      description: V(done).
+      type: str
+    started_at:
+      description: When it was opened (UTC).
+      type: str
+    started_ts:
+      description: When it was opened, in seconds since the epoch.
+      type: float
+    owner:
+      description: The run that held it last, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook process and that process's start time), and C(boot_id) (the control node's boot).
+      type: dict
+    return_to:
+      description: The release it returns to on failure (from O(fields)).
+      type: str
+    interrupted_in:
+      description: The phase it was in when its run was gone.
+      type: str
+      returned: when O(state=adopt) took it over
+    previous_owner:
+      description: The run that held it before, with the same keys as C(owner).
+      type: dict
+      returned: when O(state=adopt) took it over
+    outcome:
+      description: How it ended (see O(outcome)).
+      type: str
+    finished_at:
+      description: When it was closed (UTC).
+      type: str
+    release_after:
+      description: The release the app runs after it (from O(fields)); moves the release history on V(upgraded), V(reverted), V(rolled_back) and V(recovered).
+      type: str
+      returned: when given in O(fields)
+    run_id:
+      description: The fleet run it belongs to (from O(fields)); an upgrade closed as V(upgraded) records what the run changed.
+      type: str
+      returned: when given in O(fields)
+    figures:
+      description: Figures from O(fields), and once closed C(seconds), how long the whole operation took.
+      type: dict
+      returned: once closed, or when given in O(fields)
 current:
   description: The release recorded as running now.
   returned: when O(state=inspect)
@@ -157,6 +294,19 @@ run:
   description: What fleet run O(run_id) changed on this app (C(release_before), C(release_after)); null when it left it alone.
   returned: when O(run_id) is set
   type: dict
+  contains:
+    run_id:
+      description: The fleet run.
+      type: str
+    release_before:
+      description: The release the app ran before the run upgraded it.
+      type: str
+    release_after:
+      description: The release the run upgraded it to.
+      type: str
+    op_id:
+      description: The upgrade operation that did it.
+      type: str
 """
 
 import contextlib

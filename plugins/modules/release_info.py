@@ -94,6 +94,54 @@ release:
   description: The full record of O(release_id) (see M(selfhost.rollback.release)).
   returned: when O(release_id) is given
   type: dict
+  contains:
+    format:
+      description: Record format version.
+      type: int
+    release_id:
+      description: Release id.
+      type: str
+    app:
+      description: The app's name.
+      type: str
+    recorded_at:
+      description: When it was recorded (UTC).
+      type: str
+    content_digest:
+      description: Digest of the content (everything but timestamps and archive bookkeeping).
+      type: str
+    compose:
+      description:
+        - The Compose project, C(project_name), C(files) (each with C(path), C(sha256) and C(content)), C(env_file)
+          (its file name, V(null) without one) and C(config) (the merged project without interpolation, literal environment values hashed).
+      type: dict
+    services:
+      description:
+        - Per service, C(image_ref), C(image_id), C(repo_digest), C(pinned_ref), C(source) (V(registry) or V(local)),
+          C(build) (whether it has a C(build:) section) and C(environment) (every key with a salted hash of its value).
+      type: dict
+    config_fingerprint:
+      description: Every key of the env file with a salted hash of its value.
+      type: dict
+    runtime:
+      description: C(engine_version), C(api_version), C(compose_version).
+      type: dict
+    schema_version:
+      description: Answer of O(app.schema_probe), or V(null) when none is declared.
+      type: str
+    artifacts:
+      description: Per artifact of O(app.artifacts), C(kind) (V(file), V(dir) or V(command)), C(digest), C(size), C(path) or C(command), and for V(dir) C(files) (how many).
+      type: dict
+    volumes:
+      description: Compose volume key to Docker volume name.
+      type: dict
+    images_archived:
+      description: Image ID to archive file (relative to the app's ledger directory).
+      type: dict
+    mixed:
+      description: After a partial rollback, what of the running state came back from which release (see O(selfhost.rollback.release#module:mixed)).
+      type: dict
+      returned: for a release recorded after a partial rollback
 outcome:
   description:
     - Always V(unchanged), as this module only reads.

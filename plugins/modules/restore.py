@@ -116,6 +116,23 @@ verification:
   description: The verification run that allowed the restore.
   returned: when a set was checked
   type: dict
+  contains:
+    at:
+      description: When the run started (UTC).
+      type: str
+    kind:
+      description: V(deep), or with O(verify=recorded) the kind of the last recorded run (V(deep) or V(test_restore)).
+      type: str
+    passed:
+      description: Whether every item passed (always V(true) here, as a failed run refuses the restore).
+      type: bool
+    duration_s:
+      description: Seconds the run took.
+      type: float
+    failures:
+      description: What failed, each line naming the item.
+      type: list
+      elements: str
 restored:
   description: Items restored (or that would be, in check mode).
   returned: always
@@ -127,6 +144,13 @@ left_out:
   returned: always
   type: list
   elements: dict
+  contains:
+    name:
+      description: The item's name (a path as in O(app.paths)).
+      type: str
+    reason:
+      description: Why it was left out (a restore into another project without O(target.project_dir) leaves bind paths alone).
+      type: str
 actions:
   description: What was done, in order.
   returned: always
@@ -143,6 +167,34 @@ lost:
   type: dict
   sample: {set_id: b-20261202T061502Z-3c1d, seconds: 640, changed: true, tables: {public.notes: {in_set: 12, now: 14}},
            summary: "everything written in the last 10 min (public.notes has 14 rows now, 12 in the set)"}
+  contains:
+    set_id:
+      description: The set restored.
+      type: str
+    since:
+      description: When the set was taken (UTC).
+      type: str
+    seconds:
+      description: The set's age in seconds.
+      type: int
+    tables:
+      description: Per table whose row count differs, keyed by table name, its rows C(in_set) and C(now) (V(null) where the table does not exist).
+      type: dict
+    files:
+      description:
+        - Per volume or path with changes, keyed C(volume <name>) or C(path <name>), the entries C(added), C(changed)
+          and C(removed) since (counts) and up to five C(examples) (their paths).
+      type: dict
+    unknown:
+      description: Databases whose rows could not be counted, each as C(database <name>).
+      type: list
+      elements: str
+    changed:
+      description: Whether anything differs (or could not be counted).
+      type: bool
+    summary:
+      description: One sentence that says what is discarded.
+      type: str
 not_restored:
   description:
     - What the target filesystem did not accept while the files were written back, per entry (at most 20 per item) -
@@ -153,16 +205,39 @@ not_restored:
   type: list
   elements: dict
   sample: [{item: volume uploads, path: bin/server, what: xattr security.capability, reason: Operation not permitted}]
+  contains:
+    item:
+      description: The item, C(volume <name>) or C(path <name>).
+      type: str
+    path:
+      description: The entry's path inside the item.
+      type: str
+    what:
+      description: What was not accepted, V(owner), V(acl), V(xattr <name>) or V(mtime).
+      type: str
+    reason:
+      description: The file system's answer.
+      type: str
 started:
   description: Services started after the restore.
   returned: success
   type: list
   elements: str
 timings:
-  description: Seconds per item, for the health wait and in total.
+  description:
+    - Seconds per item, for the health wait and in total.
+    - Per item, keyed C(volume:<name>), C(path:<name>) or C(database:<name>), the seconds it took.
   returned: success
   type: dict
   sample: {"volume:uploads": 0.05, "database:db-notes": 1.9, "health": 2.1, "total": 9.8}
+  contains:
+    health:
+      description: Seconds until the live app's health URL answered 2xx.
+      type: float
+      returned: when services were started in the live app and O(app.health.url) is set
+    total:
+      description: Seconds the whole restore took.
+      type: float
 outcome:
   description:
     - V(changed) when something was (or, in check mode, would be) changed, V(unchanged) when everything was already in place.

@@ -108,6 +108,16 @@ counts:
   returned: always
   type: dict
   sample: {green: 3, amber: 1, red: 0}
+  contains:
+    green:
+      description: Restore points marked V(green) (ready).
+      type: int
+    amber:
+      description: Restore points marked V(amber) (attention).
+      type: int
+    red:
+      description: Restore points marked V(red) (not restorable).
+      type: int
 rows:
   description: One line per host, app and restore point, for a play to print.
   returned: always

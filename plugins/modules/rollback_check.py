@@ -137,14 +137,48 @@ resolved:
     - V(previous) is the release before the one that runs now in the app's history; see M(selfhost.rollback.operation).
   returned: success
   type: dict
+  contains:
+    requested:
+      description: O(target) as given.
+      type: str
+    repeat:
+      description: Whether a rollback to V(previous) was just done and this run returns to the same release.
+      type: bool
+    reasons:
+      description: Sentences that say how V(previous) was resolved (empty when there is nothing to add).
+      type: list
+      elements: str
 target:
   description: The target release (id, when recorded, schema, images).
   returned: success
   type: dict
+  contains:
+    release_id:
+      description: Release id.
+      type: str
+    recorded_at:
+      description: When it was recorded (UTC).
+      type: str
+    schema_version:
+      description: Schema version recorded with it.
+      type: str
+    images:
+      description: Service to image reference (digest-pinned when it has a registry digest).
+      type: dict
 live:
   description: What runs now (matching release id if recorded, schema, images).
   returned: success
   type: dict
+  contains:
+    release_id:
+      description: The recorded release whose content matches what runs now (V(null) when none does).
+      type: str
+    schema_version:
+      description: The schema version now (answer of O(app.schema_probe), or V(null)).
+      type: str
+    images:
+      description: Service to image reference (digest-pinned when it has a registry digest).
+      type: dict
 target_is_live:
   description: Whether the target is exactly what runs now (nothing to roll back); for a partial rollback, whether nothing of the part differs.
   returned: success
@@ -155,6 +189,43 @@ partial:
       C(actions) (see M(selfhost.rollback.switch) RV(selfhost.rollback.switch#module:partial)); V(null) otherwise.
   returned: success
   type: dict
+  contains:
+    scope:
+      description: The scope, as in O(scope).
+      type: str
+    services:
+      description: The part, with the partners version locks add (empty for V(artifacts)).
+      type: list
+      elements: str
+    partners:
+      description: One sentence per group of partners a version lock adds.
+      type: list
+      elements: str
+    images:
+      description: Per service of the target, the image ID it would run after the switch.
+      type: dict
+      returned: unless O(scope=artifacts)
+    back:
+      description: What would come back, C(images) (services), C(env) (keys) and C(files) (project files), each a list.
+      type: dict
+    kept:
+      description:
+        - What would stay as it is now, C(env) and C(files) (each name with why it stays) and C(images) (the services that keep theirs).
+      type: dict
+    blocking:
+      description: Why the partial rollback cannot be done (empty when it can).
+      type: list
+      elements: str
+    actions:
+      description: The plan in sentences.
+      type: list
+      elements: str
+    artifacts:
+      description:
+        - The artifacts' plan, C(put_back) (path artifacts to put back from the copy kept), C(by_hand) (command artifacts the
+          operator must put back), C(same) (names of the artifacts that already match) and C(blocking).
+      type: dict
+      returned: for O(scope=artifacts)
 compatibility:
   description:
     - How the target's code relates to today's data, from the schema versions - V(same), V(compatible) (newer by additive
@@ -168,17 +239,128 @@ restore_set:
   returned: success
   type: dict
   sample: {set_id: b-20261122T020705Z-1a2b, age_s: 640, release_id: r-20261122T020500Z-9f8e7d6c, schema_version: "2"}
+  contains:
+    set_id:
+      description: The set's id.
+      type: str
+    created_at:
+      description: When it was taken (UTC).
+      type: str
+    age_s:
+      description: Its age in seconds.
+      type: int
+    release_id:
+      description: The release it was taken under.
+      type: str
+    schema_version:
+      description: The app's schema version when it was taken.
+      type: str
+    bytes:
+      description: Bytes stored for it.
+      type: int
 data_loss:
   description:
     - What restoring RV(restore_set) would discard today - the set's age, rows per table then and now, files added, changed
       or removed since, and a C(summary) sentence (the restore module's RV(selfhost.rollback.restore#module:lost)).
   returned: success
   type: dict
+  contains:
+    set_id:
+      description: The set that would be restored.
+      type: str
+    since:
+      description: When the set was taken (UTC).
+      type: str
+    seconds:
+      description: The set's age in seconds.
+      type: int
+    tables:
+      description: Per table whose row count differs, keyed by table name, its rows C(in_set) and C(now) (V(null) where the table does not exist).
+      type: dict
+    files:
+      description:
+        - Per volume or path with changes, keyed C(volume <name>) or C(path <name>), the entries C(added), C(changed)
+          and C(removed) since (counts) and up to five C(examples) (their paths).
+      type: dict
+    unknown:
+      description: Databases whose rows could not be counted, each as C(database <name>).
+      type: list
+      elements: str
+    changed:
+      description: Whether anything differs (or could not be counted).
+      type: bool
+    summary:
+      description: One sentence that says what would be discarded.
+      type: str
 checks:
   description: One entry per check with C(check), C(level) (ok, warn, restore, block), C(detail) and its data.
   returned: success
   type: list
   elements: dict
+  contains:
+    check:
+      description:
+        - The check's name, V(part), V(release), V(images), V(schema), V(runtime), V(version locks), V(config drift),
+          V(window) or V(space).
+      type: str
+    level:
+      description: V(ok), V(warn), V(restore) (the data must come back) or V(block).
+      type: str
+    detail:
+      description: What was found, in one sentence with its numbers.
+      type: str
+    rows:
+      description: Per service, where its image is, with C(service), C(image_id), C(ref), C(source), C(run_ref) and, from the archive, C(archive).
+      type: list
+      elements: dict
+      returned: for the V(images) check
+    live:
+      description: The schema version now.
+      type: str
+      returned: for the V(schema) check
+    target:
+      description: The target's schema version.
+      type: str
+      returned: for the V(schema) check
+    keep_data:
+      description: V(true) when today's data is kept as asked with O(keep_data), although the schemas cannot be compared.
+      type: bool
+      returned: for the V(schema) check, when O(keep_data) kept the data
+    missing_now:
+      description: Env file keys the target had that are missing now.
+      type: list
+      elements: str
+      returned: for the V(config drift) check
+    added_since:
+      description: Env file keys added since the target.
+      type: list
+      elements: str
+      returned: for the V(config drift) check
+    changed:
+      description: Env file keys with other values now.
+      type: list
+      elements: str
+      returned: for the V(config drift) check
+    sets_newer:
+      description: How many backup sets are newer than the restore point.
+      type: int
+      returned: for the V(window) check
+    removed_after_sets:
+      description: After how many more backups O(keep_last) prunes the restore point.
+      type: int
+      returned: for the V(window) check, with O(keep_last)
+    removed_after:
+      description: When O(keep_within) prunes the restore point (UTC).
+      type: str
+      returned: for the V(window) check, with O(keep_within)
+    free:
+      description: Bytes free where the Docker Engine keeps its data.
+      type: int
+      returned: for the V(space) check, when a data restore is needed
+    needed:
+      description: Bytes a restore needs (the set's size times O(space_margin)).
+      type: int
+      returned: for the V(space) check, when a data restore is needed
 table:
   description: The checks as a short fixed-width table, for the task output.
   returned: success

@@ -202,11 +202,60 @@ images:
   returned: when O(release) is set
   type: list
   elements: dict
+  contains:
+    service:
+      description: Compose service.
+      type: str
+    image_id:
+      description: Image ID the release runs.
+      type: str
+    ref:
+      description: The release's reference for it (digest-pinned when it has a registry digest).
+      type: str
+    source:
+      description: Where it was found, V(local), V(registry) or V(archive).
+      type: str
+    archive:
+      description: The archive file it is loaded from, in the ledger's image archive.
+      type: str
+      returned: when C(source) is V(archive)
+    action:
+      description: V(pulled) or V(loaded) when something was done.
+      type: str
+      returned: when the image was pulled or loaded
+    run_ref:
+      description: The same as C(ref) here; the switch names the image each service runs in its own override file.
+      type: str
 services:
   description: Per service, the container and the image it runs after the switch, and for a switch back whether that is the release's image.
   returned: always
   type: dict
   sample: {app: {container_id: 3f2a9c1d0b7e, image_id: "sha256:78d6...", expected: "sha256:78d6...", ok: true}}
+  contains:
+    container_id:
+      description: Short id (12 characters) of the service's container, a running one first.
+      type: str
+      returned: when the service has a container
+    image_id:
+      description: Image ID that container runs.
+      type: str
+      returned: when the service has a container
+    state:
+      description: The container's state (V(running), V(exited)...).
+      type: str
+      returned: when the service has a container
+    exit_code:
+      description: The container's exit code, as the engine reports it.
+      type: int
+      returned: when the service has a container
+    expected:
+      description: The image ID the release runs for the service (for a partial rollback, the one the plan chose).
+      type: str
+      returned: when O(release) is set, except for O(scope=artifacts)
+    ok:
+      description: Whether the container runs that image.
+      type: bool
+      returned: when O(release) is set, except for O(scope=artifacts)
 recreated:
   description: Services whose container was replaced (compared by container ID before and after); in check mode, those whose image would change.
   returned: always
@@ -230,6 +279,26 @@ cutover:
   returned: when O(cutover) captured a set
   type: dict
   sample: {set_id: b-20261202T061502Z-3c1d, stopped: [app], seconds: 0.84, bytes: 52311, tables: {db-notes: {public.notes: 12}}}
+  contains:
+    set_id:
+      description: The set that captured the data.
+      type: str
+    stopped:
+      description: The services stopped for it (every running service that hosts no declared database).
+      type: list
+      elements: str
+    stop_s:
+      description: Seconds stopping them took.
+      type: float
+    seconds:
+      description: Seconds the capture took with the writers down.
+      type: float
+    bytes:
+      description: Bytes stored for the set.
+      type: int
+    tables:
+      description: Per database item, keyed by its name, the rows per table in its dump.
+      type: dict
 partial:
   description:
     - For a partial rollback (O(services), or O(scope) other than V(all)), its plan and what it did.
@@ -242,6 +311,53 @@ partial:
   type: dict
   sample: {scope: all, services: [worker], back: {images: [worker], env: [WORKER_VERSION, WORKER_THREADS], files: []},
            kept: {env: {}, files: {}, images: [app, db]}, untouched: {app: {container_id: 3f2a9c1d0b7e, same: true}}}
+  contains:
+    scope:
+      description: The scope, as in O(scope).
+      type: str
+    services:
+      description: The part, with the partners version locks add (empty for V(artifacts)).
+      type: list
+      elements: str
+    partners:
+      description: One sentence per group of partners a version lock adds.
+      type: list
+      elements: str
+    images:
+      description: Per service of the release, the image ID it runs after the switch.
+      type: dict
+      returned: unless O(scope=artifacts)
+    back:
+      description: What came back, C(images) (services), C(env) (keys) and C(files) (project files), each a list.
+      type: dict
+    kept:
+      description:
+        - What stays as it is now, C(env) and C(files) (each name with why it stays) and C(images) (the services that keep theirs).
+      type: dict
+    blocking:
+      description: Why the partial rollback cannot be done (always empty here, as the switch then fails and changes nothing).
+      type: list
+      elements: str
+    actions:
+      description: The plan in sentences.
+      type: list
+      elements: str
+    untouched:
+      description: Per service left alone, keyed by service name, C(container_id) (its container now) and C(same) (whether it is the same one).
+      type: dict
+      returned: when the switch changed something, except in check mode and for O(scope=artifacts)
+    artifacts:
+      description:
+        - The artifacts' plan, C(put_back) (path artifacts put back from the copy kept), C(by_hand) (command artifacts the operator
+          must put back), C(same) (names of the artifacts that already match), C(blocking), and once they were put back C(done)
+          (each with C(name), C(path) and C(digest)).
+      type: dict
+      returned: for O(scope=artifacts)
+    by_hand:
+      description: A sentence per command artifact the operator must put back.
+      type: list
+      elements: str
+      returned: for O(scope=artifacts)
 started_first:
   description: Services switched by starting the new container beside the old one (O(start_first)), or that would be in check mode.
   returned: when O(release) is set
