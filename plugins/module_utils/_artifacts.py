@@ -195,6 +195,17 @@ def plan(app: dict[str, t.Any], ledger: Ledger, target: dict[str, t.Any], live: 
     return out
 
 
+def plan_now(app: dict[str, t.Any], ledger: Ledger, target: dict[str, t.Any]) -> dict[str, t.Any]:
+    """:func:`plan` against the artifacts as they are on the host now."""
+    outputs: dict[str, bytes] = {}
+    live = {a["name"]: digest_of(app, a, outputs) for a in app.get("artifacts") or []}
+    found = plan(app, ledger, target, live, outputs)
+    if not target.get("artifacts"):
+        found["blocking"].append(f"release {target['release_id']} records no artifacts; declare them in app.artifacts and record "
+                                 "releases, or leave rollback_scope=artifacts out")
+    return found
+
+
 def by_hand_sentence(item: dict[str, t.Any]) -> str:
     command = " ".join(item.get("command") or [])
     parts = []

@@ -32,6 +32,7 @@ import os
 import re
 import typing as t
 
+from ansible_collections.selfhost.rollback.plugins.module_utils._artifacts import by_hand_sentence
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import parse_env_text
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, interpolate, locate_images, unpin_text
 
@@ -312,6 +313,15 @@ def repin(files: dict[str, bytes], compose_rels: list[str], service: str, digest
             files[rel] = (text[:node.start] + DIGEST.sub(digest, span) + text[node.end:]).encode()
             return None
     return None
+
+
+def artifacts_part(target: dict[str, t.Any], found: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The plan of a rollback of scope artifacts (``found``: ``_artifacts.plan``), shaped as :func:`plan`'s."""
+    return {"scope": "artifacts", "services": [], "partners": [], "back": {"images": [], "env": [], "files": []},
+            "kept": {"env": {}, "files": {}, "images": sorted(target.get("services") or {})}, "artifacts": found,
+            "blocking": list(found["blocking"]),
+            "actions": [f"put back artifact {i['name']} ({i['path']}) as {i['digest']} from the copy kept" for i in found["put_back"]],
+            "by_hand": [by_hand_sentence(i) for i in found["by_hand"]]}
 
 
 def mixed(target_id: str, live_id: str | None, partial: dict[str, t.Any]) -> dict[str, t.Any]:

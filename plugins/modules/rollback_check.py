@@ -446,16 +446,7 @@ def part_check(module: AppModule, target: dict[str, t.Any], live: dict[str, t.An
     """The partial rollback's plan (``_partial.plan``, or ``_artifacts.plan`` for scope artifacts) as one check."""
     app, ledger, params = module.app, module.ledger, module.params
     if params["scope"] == "artifacts":
-        outputs: dict[str, bytes] = {}
-        now = {a["name"]: _artifacts.digest_of(app, a, outputs) for a in app.get("artifacts") or []}
-        found = _artifacts.plan(app, ledger, target, now, outputs)
-        if not target.get("artifacts"):
-            found["blocking"].append(f"release {target['release_id']} records no artifacts; declare them in app.artifacts")
-        partial = {"scope": "artifacts", "services": [], "partners": [], "back": {"images": [], "env": [], "files": []},
-                   "kept": {"env": {}, "files": {}, "images": sorted(target.get("services") or {})}, "artifacts": found,
-                   "blocking": found["blocking"],
-                   "actions": [f"put back artifact {i['name']} ({i['path']}) as {i['digest']}" for i in found["put_back"]]
-                   + [_artifacts.by_hand_sentence(i) for i in found["by_hand"]]}
+        partial = _partial.artifacts_part(target, _artifacts.plan_now(app, ledger, target))
     else:
         files, _warning = _project.release_files(ledger, app, target)
         images = {n: {"image_ref": s.get("image_ref"), "image_id": s.get("image_id")} for n, s in (live.get("services") or {}).items()}

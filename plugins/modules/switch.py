@@ -758,25 +758,18 @@ def mixed_pins(app: dict[str, t.Any], record: dict[str, t.Any], back: list[str])
 def put_back_artifacts(module: AppModule, record: dict[str, t.Any]) -> dict[str, t.Any]:
     """Scope artifacts: the release's declared artifacts back from the copies kept, by digest; nothing else changes."""
     app, ledger = module.app, module.ledger
-    outputs: dict[str, bytes] = {}
-    live = {a["name"]: _artifacts.digest_of(app, a, outputs) for a in app.get("artifacts") or []}
-    plan = _artifacts.plan(app, ledger, record, live, outputs)
-    if plan["blocking"]:
+    partial = _partial.artifacts_part(record, _artifacts.plan_now(app, ledger, record))
+    if partial["blocking"]:
         raise OperatorError(f"app {app['name']}: the artifacts of release {record['release_id']} cannot be put back, nothing "
-                            "was changed: " + "; ".join(plan["blocking"]))
-    if not record.get("artifacts"):
-        raise OperatorError(f"app {app['name']}: release {record['release_id']} records no artifacts; declare them in "
-                            "app.artifacts and record releases, or leave rollback_scope=artifacts out")
+                            "was changed: " + "; ".join(partial["blocking"]))
+    plan = partial["artifacts"]
     declared = {a["name"]: a for a in app.get("artifacts") or []}
     restart = sorted({s for i in plan["put_back"] for s in declared[i["name"]].get("restart") or []})
-    actions = [f"put back artifact {i['name']} ({i['path']}) as {i['digest']} from the copy kept" for i in plan["put_back"]]
+    actions = list(partial["actions"])
     if restart and actions:
         actions.append(f"docker compose restart {' '.join(restart)}")
-    for item in plan["by_hand"]:
-        module.warn(_artifacts.by_hand_sentence(item))
-    partial = {"scope": "artifacts", "services": [], "partners": [], "back": {"images": [], "env": [], "files": []},
-               "kept": {"env": {}, "files": {}, "images": sorted(record.get("services") or {})}, "artifacts": plan,
-               "blocking": [], "actions": actions, "by_hand": [_artifacts.by_hand_sentence(i) for i in plan["by_hand"]]}
+    for sentence in partial["by_hand"]:
+        module.warn(sentence)
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": [], "images": [],
                                 "recreated": [], "started_first": [], "partial": partial,
                                 "services": running_images(module.client, app)}
