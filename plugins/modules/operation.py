@@ -157,7 +157,9 @@ operation:
       description: When it was opened, in seconds since the epoch.
       type: float
     owner:
-      description: The run that holds it, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook process and that process's start time), and C(boot_id) (the control node's boot).
+      description:
+        - The run that holds it, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook
+          process and that process's start time), and C(boot_id) (the control node's boot).
       type: dict
     return_to:
       description: The release it returns to on failure (from O(fields)).
@@ -214,7 +216,9 @@ pending:
       description: When it was opened, in seconds since the epoch.
       type: float
     owner:
-      description: The run that holds it, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook process and that process's start time), and C(boot_id) (the control node's boot).
+      description:
+        - The run that holds it, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook
+          process and that process's start time), and C(boot_id) (the control node's boot).
       type: dict
     return_to:
       description: The release it returns to on failure (from O(fields)).
@@ -251,7 +255,9 @@ last:
       description: When it was opened, in seconds since the epoch.
       type: float
     owner:
-      description: The run that held it last, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook process and that process's start time), and C(boot_id) (the control node's boot).
+      description:
+        - The run that held it last, C(controller) (the control node's host name), C(pid) and C(started) (its ansible-playbook
+          process and that process's start time), and C(boot_id) (the control node's boot).
       type: dict
     return_to:
       description: The release it returns to on failure (from O(fields)).

@@ -130,7 +130,9 @@ release:
       description: Answer of O(app.schema_probe), or V(null) when none is declared.
       type: str
     artifacts:
-      description: Per artifact of O(app.artifacts), C(kind) (V(file), V(dir) or V(command)), C(digest), C(size), C(path) or C(command), and for V(dir) C(files) (how many).
+      description:
+        - Per artifact of O(app.artifacts), C(kind) (V(file), V(dir) or V(command)), C(digest), C(size), C(path) or C(command),
+          and for V(dir) C(files) (how many).
       type: dict
     volumes:
       description: Compose volume key to Docker volume name.

@@ -24,7 +24,8 @@ _TIMINGS: dict[str, float] = {}
 # worker, the reliability cycle 560, the real stacks 850, the phases 420, the real apps 610), so
 # that the three workers finish together instead of one starting a long test at the end.
 SLOW_FIRST = ("test_fleet_rollout.py", "test_reliability_cycle.py", "test_real_stacks.py", "test_operation_phases.py",
-              "test_real_apps.py", "test_partial_rollback.py", "test_notifications.py", "test_upgrade_rollback.py", "test_reliability_concurrency.py", "test_rollback_check.py",
+              "test_real_apps.py", "test_partial_rollback.py", "test_notifications.py", "test_upgrade_rollback.py",
+              "test_reliability_concurrency.py", "test_rollback_check.py",
               "test_pin.py")
 
 
