@@ -71,32 +71,11 @@ run_molecule() {
     && MOLECULE_PYTHON="$VENV/bin/python" molecule test -s fleet
 }
 
-# The static checks (lint, sanity) are CPU work; the integration tests mostly wait on containers
-# and health gates. In a full run they go side by side, their output printed after the tests.
-run_static_beside_integration() {
-  local logs; logs=$(mktemp -d)
-  ( for s in lint sanity; do
-      if "run_$s" > "$logs/$s.log" 2>&1; then echo 0 > "$logs/$s.rc"; else echo 1 > "$logs/$s.rc"; fi
-    done ) &
-  local static=$!
-  run_integration || failed+=(integration)
-  wait "$static" || true
-  for s in lint sanity; do
-    cat "$logs/$s.log"
-    [ "$(cat "$logs/$s.rc" 2>/dev/null)" = 0 ] || failed+=("$s")
-  done
-  rm -rf "$logs"
-}
-
 stages=(unit integration lint sanity molecule)
-if [ "$stage" = all ]; then
-  run_unit || failed+=(unit)
-  run_static_beside_integration
-  run_molecule || failed+=(molecule)
-else
-  stages=("$stage")
-  "run_$stage" || failed+=("$stage")
-fi
+[ "$stage" = all ] || stages=("$stage")
+for s in "${stages[@]}"; do
+  "run_$s" || failed+=("$s")
+done
 if [ "${#failed[@]}" -gt 0 ]; then
   printf '\n\033[31mFAILED stages: %s\033[0m\n' "${failed[*]}"
   exit 1

@@ -106,7 +106,7 @@ def render(hook: dict[str, t.Any], event: dict[str, t.Any]) -> tuple[str, dict[s
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = {"source": "selfhost.rollback"}
-    body.update({k: v for k, v in event.items()})
+    body.update(event)
     return url, headers, json.dumps(body, sort_keys=True).encode()
 
 

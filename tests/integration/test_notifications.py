@@ -168,7 +168,7 @@ def unit_command(unit: str, env: dict[str, str], instance: str = "") -> subproce
     run_env = dict(os.environ)
     for line in unit.splitlines():
         if line.startswith("Environment="):
-            key, _, value = shlex.split(line[len("Environment="):])[0].partition("=")
+            key, value = shlex.split(line[len("Environment="):])[0].split("=", 1)
             run_env[key] = value
     run_env.update(env)
     command = next(line[len("ExecStart="):] for line in unit.splitlines() if line.startswith("ExecStart="))
