@@ -253,7 +253,3 @@ def put_back(app: dict[str, t.Any], ledger: Ledger, items: list[dict[str, t.Any]
         done.append({"name": item["name"], "path": item["path"], "digest": item["digest"]})
     return done
 
-
-def referenced(records: list[dict[str, t.Any]]) -> set[str]:
-    """The copy names the given release records need (for retention)."""
-    return {_copy_name(e) for r in records for e in (r.get("artifacts") or {}).values() if e.get("digest")}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import json
 import smtplib
-import socket
 import ssl
 import typing as t
 import urllib.parse
@@ -159,6 +158,6 @@ def send_mail(mail: dict[str, t.Any], event: dict[str, t.Any], timeout: float) -
                 server.login(mail["username"], mail.get("password") or "")
             server.send_message(message_of(mail, event))
         row["delivered"] = True
-    except (OSError, smtplib.SMTPException, socket.timeout) as exc:
+    except (OSError, smtplib.SMTPException) as exc:
         row.update(delivered=False, error=" ".join(str(exc).split())[:300])
     return row

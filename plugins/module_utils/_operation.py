@@ -236,10 +236,8 @@ def close(ledger: Ledger, op_id: str | None, owner: dict[str, t.Any], outcome: s
                      {"run_id": record["run_id"], "release_before": record.get("release_before"),
                       "release_after": record.get("release_after"), "op_id": record["op_id"]})
     after = record.get("release_after")
-    if after and outcome in GOES_FORWARD:
-        _append(ledger, {"at": record["finished_at"], "op": "push", "release_id": after, "op_id": record["op_id"]})
-    elif after and outcome in GOES_BACK and record.get("partial"):
-        # a partial rollback reaches a mixed state: a step forward in the history, and "previous" undoes it
+    # a partial rollback reaches a mixed state: a step forward in the history, and "previous" undoes it
+    if after and (outcome in GOES_FORWARD or (outcome in GOES_BACK and record.get("partial"))):
         _append(ledger, {"at": record["finished_at"], "op": "push", "release_id": after, "op_id": record["op_id"]})
     elif after and outcome in GOES_BACK:
         _append(ledger, {"at": record["finished_at"], "op": "back", "release_id": after,

@@ -32,13 +32,13 @@ import os
 import re
 import typing as t
 
+from ansible_collections.selfhost.rollback.plugins.module_utils import _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._artifacts import by_hand_sentence
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import parse_env_text
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, interpolate, locate_images, unpin_text
 
 SCOPES = ("all", "config", "images", "artifacts")
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
-ENV_LINE = re.compile(r"^\s*(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*[=:]")
 PROJECT = ("", "project")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
 
@@ -96,35 +96,6 @@ def differences(target: dict[str, t.Any], live: dict[str, t.Any]) -> set[Aspect]
     if {k: v for k, v in target.items() if k not in ("services", "name")} != {k: v for k, v in live.items() if k not in ("services", "name")}:
         out.add(PROJECT)
     return out
-
-
-def env_lines(text: str) -> dict[str, str]:
-    """key → its line as written (the last one wins, as it does for Compose)."""
-    out = {}
-    for line in text.splitlines():
-        match = ENV_LINE.match(line)
-        if match and not line.lstrip().startswith("#"):
-            out[match.group("key")] = line.rstrip("\n")
-    return out
-
-
-def take_keys(live: str, target: str, keys: list[str]) -> str:
-    """The live env file with the lines of ``keys`` as the target file has them (added, replaced or removed)."""
-    wanted = env_lines(target)
-    out, seen = [], set()
-    for line in live.splitlines(keepends=True):
-        match = ENV_LINE.match(line)
-        key = match.group("key") if match and not line.lstrip().startswith("#") else None
-        if key in keys:
-            if key in wanted and key not in seen:
-                out.append(wanted[key] + "\n")
-            seen.add(key)
-            continue
-        out.append(line)
-    if out and not out[-1].endswith("\n"):
-        out[-1] += "\n"
-    out.extend(wanted[k] + "\n" for k in keys if k in wanted and k not in seen)
-    return "".join(out)
 
 
 def part_of(app: dict[str, t.Any], target: dict[str, t.Any], services: list[str], scope: str) -> tuple[list[str], list[str], list[str]]:
@@ -205,7 +176,7 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
             result["kept"]["env"][key] = f"also read by {_who(aspects - want)}"
         else:
             result["kept"]["env"][key] = "outside the part"
-    env_text = take_keys(live_env_text, target_env_text, env_back) if env_back else live_env_text
+    env_text = _project.take_keys(live_env_text, target_env_text, env_back) if env_back else live_env_text
 
     # the compose files (and what they pull in) come back together, or not at all; digest pins alone are no change
     changed = sorted(rel for rel in target_files if rel != env_rel and live_files.get(rel) != target_files[rel])
@@ -234,7 +205,7 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
     values = dict(parse_env_text(env_text, environ or {}))
     values.update(environ or {})
     target_services = target.get("services") or {}
-    kept_keys = {k for k, why in result["kept"]["env"].items()}
+    kept_keys = set(result["kept"]["env"])
     repinned: list[str] = []
     for name, recorded in sorted(target_services.items()):
         live = live_images.get(name)
@@ -324,9 +295,9 @@ def artifacts_part(target: dict[str, t.Any], found: dict[str, t.Any]) -> dict[st
             "by_hand": [by_hand_sentence(i) for i in found["by_hand"]]}
 
 
-def mixed(target_id: str, live_id: str | None, partial: dict[str, t.Any]) -> dict[str, t.Any]:
-    """What the release recorded after a partial rollback says of itself."""
-    return {"target": target_id, "from": live_id, "scope": partial["scope"], "services": partial["services"],
+def mixed(target_id: str, partial: dict[str, t.Any]) -> dict[str, t.Any]:
+    """What the release recorded after a partial rollback says of itself (the caller adds ``from``, the release it left)."""
+    return {"target": target_id, "scope": partial["scope"], "services": partial["services"],
             "back": partial["back"], "kept": partial["kept"]}
 
 

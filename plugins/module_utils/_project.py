@@ -247,6 +247,29 @@ def set_env(text: str, updates: dict[str, str]) -> str:
     return "".join(out)
 
 
+def take_keys(live: str, target: str, keys: list[str]) -> str:
+    """The live env file with the lines of ``keys`` as the target file writes them (added, replaced or removed)."""
+    wanted = {}
+    for line in target.splitlines():
+        match = ENV_LINE.match(line.strip())
+        if match:
+            wanted[match.group("key")] = line.strip()  # the last one wins, as it does for Compose
+    out, seen = [], set()
+    for line in live.splitlines(keepends=True):
+        match = ENV_LINE.match(line.strip())
+        key = match.group("key") if match else None
+        if key in keys:
+            if key in wanted and key not in seen:
+                out.append(wanted[key] + "\n")
+            seen.add(key)
+            continue
+        out.append(line)
+    if out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    out.extend(wanted[k] + "\n" for k in keys if k in wanted and k not in seen)
+    return "".join(out)
+
+
 def write_project_file(path: str, data: bytes) -> None:
     """Replace a project file atomically, keeping its mode (an env file stays private)."""
     existing = os.stat(path) if os.path.exists(path) else None

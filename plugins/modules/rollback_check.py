@@ -458,7 +458,8 @@ def part_check(module: AppModule, target: dict[str, t.Any], live: dict[str, t.An
     if partial["blocking"]:
         checks.append(check("block", "part", f"{what}: " + "; ".join(partial["blocking"])))
     else:
-        checks.append(check("ok", "part", f"{what}: " + ("; ".join(partial["partners"] + partial["actions"]) or "nothing differs")))
+        told = partial["partners"] + partial["actions"] + partial.get("by_hand", [])
+        checks.append(check("ok" if not partial.get("by_hand") else "warn", "part", f"{what}: " + ("; ".join(told) or "nothing differs")))
     return partial
 
 

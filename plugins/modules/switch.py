@@ -346,6 +346,12 @@ partial:
       description: Per service left alone, keyed by service name, C(container_id) (its container now) and C(same) (whether it is the same one).
       type: dict
       returned: when the switch changed something, except in check mode and for O(scope=artifacts)
+    mixed:
+      description:
+        - What the release recorded next says of itself (M(selfhost.rollback.release) O(selfhost.rollback.release#module:mixed)) -
+          C(target), C(scope), C(services), C(back), C(kept).
+      type: dict
+      returned: when the switch changed something, except in check mode
     artifacts:
       description:
         - The artifacts' plan, C(put_back) (path artifacts put back from the copy kept), C(by_hand) (command artifacts the operator
@@ -708,6 +714,7 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
     result["services"] = services
     if partial is not None:
         partial["untouched"] = untouched(module, partial, before_ids, running)
+        partial["mixed"] = _partial.mixed(release_id, partial)
     return result
 
 
@@ -776,6 +783,7 @@ def put_back_artifacts(module: AppModule, record: dict[str, t.Any]) -> dict[str,
     if actions and not module.check_mode:
         with module.lock(f"putting back the artifacts of release {record['release_id']}"):
             plan["done"] = _artifacts.put_back(app, ledger, plan["put_back"])
+            partial["mixed"] = _partial.mixed(record["release_id"], partial)
             if restart:
                 Compose(app).run("restart", *restart, timeout=module.params["wait"], what="restarting what reads the artifacts")
     return result

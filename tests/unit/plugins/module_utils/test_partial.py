@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _partial
+from ansible_collections.selfhost.rollback.plugins.module_utils import _partial, _project
 
 REG = "127.0.0.1:5000/selfhost"
 
@@ -141,7 +141,7 @@ def test_nothing_differs_in_the_part_means_no_change():
     ('# c\nS="x y" # note\n', 'S="a b" # was\n', ["S"], '# c\nS="a b" # was\n'),
 ])
 def test_take_keys_moves_lines_as_written(live, target, keys, expected):
-    assert _partial.take_keys(live, target, keys) == expected
+    assert _project.take_keys(live, target, keys) == expected
 
 
 def test_a_pinned_image_line_moves_to_the_release_digest_for_the_service_that_goes_back_only():
