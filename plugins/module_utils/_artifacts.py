@@ -252,4 +252,3 @@ def put_back(app: dict[str, t.Any], ledger: Ledger, items: list[dict[str, t.Any]
             os.replace(tmp, final)
         done.append({"name": item["name"], "path": item["path"], "digest": item["digest"]})
     return done
-
