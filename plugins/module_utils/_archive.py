@@ -57,9 +57,15 @@ class UnsafeMember(ArchiveError):
 
 
 def pax_mtime(ns: int) -> str:
-    """Nanoseconds since the epoch as a pax ``mtime`` value (exact, unlike a float)."""
-    seconds, fraction = divmod(ns, NS)
-    return "%d.%09d" % (seconds, fraction)
+    """Nanoseconds since the epoch as a pax ``mtime`` value (exact, unlike a float).
+
+    The value is a signed decimal, as GNU tar and bsdtar read it: -1.25 s is "-1.250000000". The
+    sign goes in front of the whole number (floor division would write -1.25 s as "-2.750000000",
+    which every reader takes for -2.75 s).
+    """
+    sign = "-" if ns < 0 else ""
+    seconds, fraction = divmod(abs(ns), NS)
+    return "%s%d.%09d" % (sign, seconds, fraction)
 
 
 def member_mtime_ns(member: t.Any) -> int:
@@ -80,8 +86,12 @@ def member_mtime_ns(member: t.Any) -> int:
 
 
 def normalize_member_name(name: str) -> str:
-    """The member name as a clean relative path ("." for the root); refuse what escapes."""
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    """The member name as a clean relative path ("." for the root); refuse what escapes.
+
+    Extraction opens every name relative to its directory on a POSIX system, so "a:" or "C:x" is
+    an ordinary name (a drive letter means nothing there), not an absolute path.
+    """
+    if name.startswith("/"):
         raise UnsafeMember(f"member {name!r} has an absolute path")
     parts = []
     for part in name.split("/"):

@@ -51,6 +51,21 @@ ACL_ACCESS = "system.posix_acl_access"
 ACL_DEFAULT = "system.posix_acl_default"
 PAX_ACL = {ACL_ACCESS: "SCHILY.acl.access", ACL_DEFAULT: "SCHILY.acl.default"}
 PAX_XATTR = "SCHILY.xattr."
+
+
+def xattr_keyword(name: str) -> str:
+    """An xattr name as a pax keyword, as GNU tar writes it: '%' and '=' percent-encoded (a keyword ends at '=')."""
+    return PAX_XATTR + name.replace("%", "%25").replace("=", "%3D")
+
+
+def xattr_name(keyword: str) -> str:
+    """The xattr name of a ``SCHILY.xattr.`` keyword: GNU tar's two escapes undone, in one left-to-right pass."""
+    parts = keyword[len(PAX_XATTR):].split("%")
+    name = [parts[0]]
+    for part in parts[1:]:
+        code = part[:2].upper()
+        name.append(("%" if code == "25" else "=") + part[2:] if code in ("25", "3D") else "%" + part)
+    return "".join(name)
 ACL_TAGS = {0x01: "user", 0x02: "user", 0x04: "group", 0x08: "group", 0x10: "mask", 0x20: "other"}
 ACL_TAG_OF = {("user", False): 0x01, ("user", True): 0x02, ("group", False): 0x04, ("group", True): 0x08,
               ("mask", False): 0x10, ("other", False): 0x20}
@@ -128,7 +143,7 @@ def xattr_records(xattrs: dict[str, bytes]) -> dict[str, str]:
                 continue
             except ValueError:
                 pass  # not a form we know: kept as raw bytes
-        records[PAX_XATTR + name] = value.decode(ENCODING, ERRORS)
+        records[xattr_keyword(name)] = value.decode(ENCODING, ERRORS)
     return records
 
 
@@ -137,7 +152,7 @@ def record_xattrs(records: t.Mapping[str, str]) -> dict[str, bytes]:
     xattrs = {}
     for key, value in records.items():
         if key.startswith(PAX_XATTR):
-            xattrs[key[len(PAX_XATTR):]] = value.encode(ENCODING, ERRORS)
+            xattrs[xattr_name(key)] = value.encode(ENCODING, ERRORS)
         elif key == PAX_ACL[ACL_ACCESS]:
             xattrs[ACL_ACCESS] = acl_from_text(value)
         elif key == PAX_ACL[ACL_DEFAULT]:
