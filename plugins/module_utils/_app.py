@@ -15,7 +15,7 @@ import re
 import subprocess
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import docker_cli, read_env_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import NAME_FROM_DIRECTORY, NAME_FROM_FILE, docker_cli, read_env_file
 
 DEFAULT_STORE = "/var/lib/selfhost-rollback"
 APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -242,7 +242,11 @@ def compose_file_list(app: dict[str, t.Any], compose_env: dict[str, str]) -> tup
 
 
 def project_name_of(app: dict[str, t.Any], compose_env: dict[str, str], files: list[str]) -> tuple[str, str]:
-    """The Compose project name and where it comes from, by Compose's order of precedence."""
+    """The Compose project name and where it comes from, by Compose's order of precedence.
+
+    A name from the last two (the compose file's ``name:``, the directory's name) gives way to the
+    one the running containers carry (``_common.judge_live_project``): only they know a ``-p``.
+    """
     if app.get("project_name"):
         return app["project_name"], "project_name"
     if compose_env.get("COMPOSE_PROJECT_NAME"):
@@ -250,8 +254,8 @@ def project_name_of(app: dict[str, t.Any], compose_env: dict[str, str], files: l
     for path in files:
         with open(path, encoding="utf-8", errors="replace") as handle:
             if TOP_LEVEL_NAME.search(handle.read()):
-                return _name_from_compose(app, files), "the compose file's name:"
-    return normalize_project_name(os.path.basename(os.path.normpath(app["project_dir"]))), "the project directory's name"
+                return _name_from_compose(app, files), NAME_FROM_FILE
+    return normalize_project_name(os.path.basename(os.path.normpath(app["project_dir"]))), NAME_FROM_DIRECTORY
 
 
 def normalize_project_name(value: str) -> str:

@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import traceback
-import types
 import typing as t
 
 try:
@@ -193,49 +192,145 @@ LABEL_WORKING_DIR = "com.docker.compose.project.working_dir"
 LABEL_CONFIG_FILES = "com.docker.compose.project.config_files"
 
 
-def check_live_project(client: t.Any, app: dict[str, t.Any]) -> None:
+#: where ``project_name_from`` says the project name came from when nothing names it (Compose's defaults),
+#: and when it was taken from the containers because only they know it (``docker compose -p NAME up``)
+NAME_FROM_FILE = "the compose file's name:"
+NAME_FROM_DIRECTORY = "the project directory's name"
+NAME_FROM_CONTAINERS = "containers"
+DEFAULT_NAME_SOURCES = (NAME_FROM_FILE, NAME_FROM_DIRECTORY)
+_COUNTS = {2: "two", 3: "three", 4: "four"}
+
+
+class LiveProject(t.NamedTuple):
+    """What the containers say of the project the definition resolves to.
+
+    ``verdict`` is ``agrees`` (also when nothing runs from the project directory), ``adopt``
+    (``name`` is the project the containers carry; ``message`` is the warning to give) or
+    ``refuse`` (``message`` is the sentence to stop with).
+    """
+
+    verdict: str
+    name: str | None = None
+    message: str | None = None
+
+
+def judge_live_project(containers: list[dict[str, str]], app: dict[str, t.Any]) -> LiveProject:
+    """Compare ``containers``, the labels of every Compose container on the host (newest first), with the app.
+
+    A name the definition only defaults to (the directory's, or the compose file's ``name:``) gives
+    way to the one the containers started from the project directory carry, when they are all of one
+    project and the newest was started with the files the definition reads: that project was brought
+    up with ``-p`` or with COMPOSE_PROJECT_NAME in the shell, which no file records. A name set in
+    the definition or by COMPOSE_PROJECT_NAME never gives way.
+    """
+    name, source = app["project_name"], app.get("project_name_from", "project_name")
+    here = {app["project_dir"], os.path.realpath(app["project_dir"])}
+    if any(c.get(LABEL_PROJECT) == name for c in containers):
+        return _judge_running(containers, app)
+    started_here = [c for c in containers if c.get(LABEL_WORKING_DIR) in here]
+    others = sorted({str(c.get(LABEL_PROJECT)) for c in started_here})
+    if not others:
+        return LiveProject("agrees")  # an app that does not run yet has nothing to disagree with
+    where = f"app {app['name']}: the containers started from {app['project_dir']}"
+    if len(others) > 1:
+        named = ", ".join(repr(o) for o in others[:-1]) + f" and {others[-1]!r}"
+        choices = ", ".join(f"project_name: {o}" for o in others[:-1]) + f" or project_name: {others[-1]}"
+        return LiveProject("refuse", message=(
+            f"{where} belong to {_COUNTS.get(len(others), str(len(others)))} Compose projects, {named}, not {name!r} "
+            f"(from {source}); set {choices} in the app definition, whichever this app is, and take the "
+            f"{'other' if len(others) == 2 else 'others'} down (docker compose -p NAME down); nothing was changed"))
+    other = others[0]
+    refusal = LiveProject("refuse", message=(
+        f"{where} belong to Compose project {other!r}, not {name!r} (from {source}); set project_name: {other} "
+        "in the app definition; nothing was changed"))
+    if source not in DEFAULT_NAME_SOURCES:
+        return refusal
+    used = _files_inside(started_here[0], app)
+    if not used:  # no record of the files it was started with: nothing says it is this app
+        return refusal
+    if used != _wanted_files(app):
+        return LiveProject("refuse", message=_other_files(app, used))
+    adopted = dict(app, project_name=other, project_name_from=NAME_FROM_CONTAINERS)
+    verdict = _judge_running(containers, adopted)
+    if verdict.verdict != "agrees":
+        return verdict
+    return LiveProject("adopt", other, (
+        f"app {app['name']}: Compose project {other!r} is taken from the containers started from {app['project_dir']} "
+        f"(brought up with 'docker compose -p {other}' or COMPOSE_PROJECT_NAME in the shell), not {name!r} (from {source}); "
+        f"set project_name: {other} in the app definition so that it holds when no container runs"))
+
+
+def _judge_running(containers: list[dict[str, str]], app: dict[str, t.Any]) -> LiveProject:
+    """The project runs: from the project directory, and (its newest container) with the definition's files."""
+    here = {app["project_dir"], os.path.realpath(app["project_dir"])}
+    mine = [c for c in containers if c.get(LABEL_PROJECT) == app["project_name"]]
+    dirs = sorted({str(c.get(LABEL_WORKING_DIR)) for c in mine if c.get(LABEL_WORKING_DIR)} - here)
+    if dirs:
+        return LiveProject("refuse", message=(
+            f"app {app['name']}: Compose project {app['project_name']!r} runs from {dirs[0]}, not from "
+            f"{app['project_dir']}; set project_dir: {dirs[0]} (or another project_name); nothing was changed"))
+    used = _files_inside(mine[0], app) if mine else []  # the newest container says how the project was brought up last
+    if used and used != _wanted_files(app):
+        return LiveProject("refuse", message=_other_files(app, used))
+    return LiveProject("agrees")
+
+
+def _wanted_files(app: dict[str, t.Any]) -> list[str]:
+    return [os.path.realpath(f) for f in app["compose_files"]]
+
+
+def _files_inside(labels: dict[str, str], app: dict[str, t.Any]) -> list[str]:
+    """The compose files a container was started with, inside the project directory.
+
+    Files outside it are the collection's own (a switch's image override) and are not compared.
+    """
+    inside = os.path.realpath(app["project_dir"]) + os.sep
+    used = [os.path.realpath(f) for f in (labels.get(LABEL_CONFIG_FILES) or "").split(",") if f]
+    return [f for f in used if f.startswith(inside)]
+
+
+def _other_files(app: dict[str, t.Any], used: list[str]) -> str:
+    names = ", ".join(os.path.relpath(f, app["project_dir"]) for f in used)
+    mine_names = ", ".join(os.path.relpath(f, app["project_dir"]) for f in _wanted_files(app))
+    return (f"app {app['name']}: its containers were started with the compose files {names}, but the definition "
+            f"reads {mine_names} (from {app.get('compose_files_from', 'compose_files')}); set compose_files: "
+            f"[{names}] (or COMPOSE_FILE in the env file), or bring the app up once with the files you mean; "
+            "nothing was changed")
+
+
+def live_labels(client: t.Any) -> list[dict[str, str]]:
+    """The labels of every Compose container on the host, newest first.
+
+    One listing, without inspecting each: other projects' containers come and go meanwhile
+    (a sparse listing carries the labels and the creation time).
+    """
+    listed = client.containers.list(all=True, sparse=True, filters={"label": LABEL_PROJECT})
+    return [c.attrs.get("Labels") or {} for c in sorted(listed, key=lambda c: c.attrs.get("Created") or 0, reverse=True)]
+
+
+def adopt_live_project(client: t.Any, app: dict[str, t.Any]) -> LiveProject:
+    """Judge the live project; on ``adopt``, set ``project_name`` (and ``project_name_from: containers``) in ``app``
+    itself, so that every later Compose call of the run (``docker compose -p``) drives that project.
+
+    A refusal is returned, not raised.
+    """
+    verdict = judge_live_project(live_labels(client), app)
+    if verdict.verdict == "adopt":
+        app["project_name"], app["project_name_from"] = verdict.name, NAME_FROM_CONTAINERS
+    return verdict
+
+
+def check_live_project(client: t.Any, app: dict[str, t.Any]) -> LiveProject:
     """Stop when the app's containers say Compose ran another project than the definition resolves to.
 
-    Containers carry what Compose used (project name, working directory, compose files). Files
-    outside the project directory are the collection's own (a switch's image override) and are
-    not compared. An app that does not run yet has nothing to disagree with.
+    Containers carry what Compose used (project name, working directory, compose files); see
+    :func:`judge_live_project`. A project name the containers settle is adopted into ``app``
+    (:func:`adopt_live_project`).
     """
-    here = {app["project_dir"], os.path.realpath(app["project_dir"])}
-    # one listing of every Compose container on the host, without inspecting each: other projects'
-    # containers come and go meanwhile (a sparse listing carries the labels and the creation time)
-    listed = client.containers.list(all=True, sparse=True, filters={"label": LABEL_PROJECT})
-    containers = [types.SimpleNamespace(labels=c.attrs.get("Labels") or {}, created=c.attrs.get("Created") or 0) for c in listed]
-    mine = [c for c in containers if c.labels.get(LABEL_PROJECT) == app["project_name"]]
-    if not mine:
-        others = sorted({c.labels.get(LABEL_PROJECT) for c in containers if c.labels.get(LABEL_WORKING_DIR) in here})
-        if others:
-            raise OperatorError(
-                f"app {app['name']}: the containers started from {app['project_dir']} belong to Compose project "
-                f"{others[0]!r}, not {app['project_name']!r} (from {app.get('project_name_from', 'project_name')}); "
-                f"set project_name: {others[0]} in the app definition; nothing was changed"
-            )
-        return
-    dirs = sorted({c.labels.get(LABEL_WORKING_DIR) for c in mine if c.labels.get(LABEL_WORKING_DIR)} - here)
-    if dirs:
-        raise OperatorError(
-            f"app {app['name']}: Compose project {app['project_name']!r} runs from {dirs[0]}, not from "
-            f"{app['project_dir']}; set project_dir: {dirs[0]} (or another project_name); nothing was changed"
-        )
-    wanted = [os.path.realpath(f) for f in app["compose_files"]]
-    inside = os.path.realpath(app["project_dir"]) + os.sep
-    for container in sorted(mine, key=lambda c: c.created, reverse=True):
-        used = [os.path.realpath(f) for f in (container.labels.get(LABEL_CONFIG_FILES) or "").split(",") if f]
-        used = [f for f in used if f.startswith(inside)]
-        if used and used != wanted:
-            names = ", ".join(os.path.relpath(f, app["project_dir"]) for f in used)
-            mine_names = ", ".join(os.path.relpath(f, app["project_dir"]) for f in wanted)
-            raise OperatorError(
-                f"app {app['name']}: its containers were started with the compose files {names}, but the definition "
-                f"reads {mine_names} (from {app.get('compose_files_from', 'compose_files')}); set compose_files: "
-                f"[{names}] (or COMPOSE_FILE in the env file), or bring the app up once with the files you mean; "
-                "nothing was changed"
-            )
-        break  # the newest container says how the project was brought up last
+    verdict = adopt_live_project(client, app)
+    if verdict.verdict == "refuse":
+        raise OperatorError(str(verdict.message))
+    return verdict
 
 
 def one_shot_services(config: dict[str, t.Any], app: dict[str, t.Any]) -> set[str]:

@@ -32,6 +32,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     HAS_DOCKER,
     DockerException,
     OperatorError,
+    adopt_live_project,
     docker_client,
     scrub,
     secret_values,
@@ -94,6 +95,10 @@ class AppModule:
     message is already an operator sentence (the backup set modules pass
     :data:`OPERATOR_FAILURES`). Other keyword arguments go to
     ``AnsibleModule`` (``required_if``, ``mutually_exclusive``...).
+
+    The first time both :attr:`app` and the client exist, a project name the definition only
+    defaults to gives way to the one the running containers carry (``project_name_from:
+    containers``, with a warning), in the app dict itself, before any Compose call reads it.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class AppModule:
         self._app: dict[str, t.Any] | None = None
         self._ledger: Ledger | None = None
         self._client: t.Any = None
+        self._live_judged = False
         self._extra_secrets: list[str] = []
         self._env_secrets: list[str] | None = None
         self._cleanups: list[t.Callable[[], t.Any]] = []
@@ -142,6 +148,7 @@ class AppModule:
             if not self.has_app:
                 raise AppError("this module takes no app definition")
             self._app = validate_app(self.params["app"], self.params.get("store"))
+            self._adopt_live_project()
         return self._app
 
     @property
@@ -158,6 +165,7 @@ class AppModule:
             if not HAS_DOCKER:
                 raise OperatorError(missing_required_lib("docker (the Docker SDK for Python)"))
             self._client = docker_client()
+            self._adopt_live_project()
         return self._client
 
     def client_or_none(self, warning: str = "{exc}", timeout: int = 30) -> t.Any:
@@ -167,6 +175,10 @@ class AppModule:
                 self._client = docker_client(timeout=timeout)
             except OperatorError as exc:
                 self.warn(warning.format(exc=exc))
+            try:
+                self._adopt_live_project()
+            except DockerException as exc:  # a module that does without the engine does without this too
+                self.warn(f"app {self.name}: the containers could not be listed ({exc}); the project name is not checked against them")
         return self._client
 
     @property
@@ -279,6 +291,19 @@ class AppModule:
             self._run_cleanups()
 
     # ------------------------------------------------------------------ internals
+
+    def _adopt_live_project(self) -> None:
+        """Once the app and the engine are both at hand, and before any Compose call can use the name,
+        take the project name the running containers carry when the definition only defaults to one
+        (``_common.judge_live_project``). The app dict is changed in place, so every later call of the
+        run drives that project; a refusal is left to the module's own ``check_live_project``.
+        """
+        if self._live_judged or self._app is None or self._client is None:
+            return
+        self._live_judged = True
+        verdict = adopt_live_project(self._client, self._app)
+        if verdict.verdict == "adopt" and verdict.message:
+            self.warn(verdict.message)
 
     def _fields(self) -> dict[str, t.Any]:
         return {"name": self.name, "store": self.params.get("store")}

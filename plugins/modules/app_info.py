@@ -65,7 +65,12 @@ project_name:
 project_name_from:
   description:
     - Where the project name comes from, in Compose's order of precedence.
-    - C(project_name), C(COMPOSE_PROJECT_NAME), the compose file's C(name:), or the project directory's name.
+    - V(project_name), V(COMPOSE_PROJECT_NAME), V(the compose file's name:), or V(the project directory's name).
+    - V(containers) when the definition names no project (the name would come from the compose file's C(name:) or
+      the directory's name) and the containers started from the project directory carry another, all one project
+      started with the files the definition reads, as after C(docker compose -p NAME up -d) or with
+      C(COMPOSE_PROJECT_NAME) set in the shell only. That name is used for the whole run and a warning says so;
+      set O(app.project_name) to keep it when no container runs.
   returned: always
   type: str
   sample: the project directory's name

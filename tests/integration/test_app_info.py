@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 
-from conftest import REPO, write_inventory
+from conftest import REGISTRY, REPO, write_inventory
+from stacks import compose
+
+BUSYBOX = f"{REGISTRY}/selfhost/tools:busybox"
 
 
 def test_reports_running_services_digests_and_health(demo_app, module_playbook):
@@ -43,6 +47,42 @@ def test_malformed_compose_file_is_reported_not_traced(demo_project, module_play
     assert run.rc != 0
     assert result["msg"].startswith(f"app {demo_project.name}: reading the compose files failed:")
     assert "Traceback" not in result["msg"]
+
+
+def test_a_project_started_with_p_is_adopted_and_a_second_one_refused(tmp_path, module_playbook, docker_client, registry):
+    """``docker compose -p NAME up -d`` leaves the name in the containers only: app_info takes it from them
+    (the definition names none), and refuses once a second project runs from the same directory."""
+    token = uuid.uuid4().hex[:8]
+    project = tmp_path / f"plain-{token}"  # the name the definition defaults to: no container carries it
+    project.mkdir()
+    (project / "compose.yaml").write_text(
+        "services:\n"
+        "  app:\n"
+        f"    image: {BUSYBOX}\n"
+        "    command: ['sleep', '3600']\n"
+        "    stop_grace_period: 1s\n")
+    first, second = f"by-hand-{token}", f"copy-{token}"
+    params = {"app": {"name": f"plain-{token}", "project_dir": str(project)}, "store": str(tmp_path / "ledger")}
+    try:
+        compose(project, "-p", first, "up", "-d")
+        run, info = module_playbook("selfhost.rollback.app_info", params)
+        assert run.rc == 0, run.stdout[-3000:]
+        assert (info["project_name"], info["project_name_from"]) == (first, "containers")
+        assert info["running"] is True and info["services"]["app"]["container"] == f"{first}-app-1"
+        assert f" -p {first} " in info["compose_command"]
+        said = " ".join((run.stdout + run.stderr + " ".join(info.get("warnings") or [])).split())
+        assert f"set project_name: {first} in the app definition so that it holds when no container runs" in said
+
+        compose(project, "-p", second, "up", "-d")
+        run, failed = module_playbook("selfhost.rollback.app_info", params)
+        assert run.rc != 0 and failed["outcome"] == "failed"
+        names = sorted([first, second])
+        assert f"belong to two Compose projects, {names[0]!r} and {names[1]!r}, not 'plain-{token}' " in failed["msg"], failed["msg"]
+        assert f"set project_name: {names[0]} or project_name: {names[1]} in the app definition" in failed["msg"]
+        assert failed["reasons"] == [failed["msg"]]
+    finally:
+        for name in (first, second):
+            compose(project, "-p", name, "down", "-v", "--timeout", "1", check=False)
 
 
 def test_prerequisites_role_converges_and_is_idempotent(tmp_path, run_playbook):
