@@ -253,10 +253,16 @@ def write_inventory(path: Path, hosts: dict[str, dict[str, Any]] | None = None, 
     return path
 
 
+# What each test costs, for the profile at the end of a run (tests/integration/conftest.py prints it):
+# the ansible-playbook starts and their wall time, counted by run_playbook
+_PLAYBOOKS: dict[str, list[float]] = {}
+
+
 @pytest.fixture
-def run_playbook(tmp_path: Path):
+def run_playbook(tmp_path: Path, request: pytest.FixtureRequest):
     """Run ``ansible-playbook`` for real; return rc, output and one parsed result per task."""
     counter = {"n": 0}
+    spent = _PLAYBOOKS.setdefault(request.node.nodeid, [0, 0.0])
 
     def run(playbook: str | Path, extra_vars: dict[str, Any] | None = None, *, inventory: Path | None = None,
             check: bool = False, diff: bool = False, verbosity: int = 0, limit: str | None = None,
@@ -294,7 +300,10 @@ def run_playbook(tmp_path: Path):
             "SELFHOST_RESULTS_FILE": str(results_file),
         })
         run_env.update(env or {})
+        started = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=run_env, cwd=str(workdir), check=False)
+        spent[0] += 1
+        spent[1] += time.monotonic() - started
         results = []
         if results_file.exists():
             results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
