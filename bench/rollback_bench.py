@@ -8,7 +8,8 @@ Time to healthy is the first such answer after the start; seconds unavailable ad
 every stretch from a failed probe (no answer, or not 2xx) to the next good one.
 
 The demo app is deployed in a scratch project and upgraded to 1.1 with the upgrade
-playbook (not timed) before each round; figures are medians over the rounds.
+playbook (not timed) before each rollback; the rollback runs with pipelining (as the README
+recommends) and, in the same round, without it; figures are medians over the rounds.
 """
 
 from __future__ import annotations
@@ -183,8 +184,9 @@ class Project:
         proc = self.compose("ps", "-a", "--format", "{{.Service}} {{.ID}}")
         return dict(line.split() for line in proc.stdout.splitlines() if line.strip())
 
-    def playbook(self, name: str, extra: dict | None = None) -> None:
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1")
+    def playbook(self, name: str, extra: dict | None = None, pipelining: bool = True) -> None:
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_PIPELINING=str(pipelining))
         cmd = [str(VENV / "bin" / "ansible-playbook"), "-i", str(self.inventory), name]
         if extra:
             cmd += ["-e", json.dumps(extra)]
@@ -242,19 +244,22 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="selfhost-rollback-bench-"))
     project = Project(workdir)
     rollbacks: list[Measurement] = []
+    unpipelined: list[Measurement] = []
     bares: list[Measurement] = []
     try:
         project.compose("up", "-d", "--wait")
         wait_healthy(project.url, "1.0")
         for round_no in range(1, args.rounds + 1):
-            # to 1.1 with the collection (records releases, backups, baselines; not timed, and not judged on
-            # latency: on a busy host that is noise, and this step only sets the stage)
-            project.playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}, "upgrade_max_backup_age": 0,
-                                                           "upgrade_max_p99_ratio": 0})
-            wait_healthy(project.url, "1.1")
-            before = project.container_ids()
-            rollbacks.append(measure(project.url, "1.0", args.hz, lambda: project.playbook("selfhost.rollback.rollback")))
-            rollback_recreated = recreated(before, project.container_ids())
+            for pipelining, into in ((True, rollbacks), (False, unpipelined)):
+                # to 1.1 with the collection (records releases, backups, baselines; not timed, and not judged on
+                # latency: on a busy host that is noise, and this step only sets the stage)
+                project.playbook("selfhost.rollback.upgrade", {"upgrade_env": {"NOTES_VERSION": "1.1"}, "upgrade_max_backup_age": 0,
+                                                               "upgrade_max_p99_ratio": 0})
+                wait_healthy(project.url, "1.1")
+                before = project.container_ids()
+                into.append(measure(project.url, "1.0", args.hz,
+                                    lambda p=pipelining: project.playbook("selfhost.rollback.rollback", pipelining=p)))
+                rollback_recreated = recreated(before, project.container_ids())
             # the same switch by hand: to the 1.1 images (from the unpinned compose file: the rollback
             # put back 1.0's file, pinned by digest), then, timed, back to 1.0 with a bare compose up
             shutil.copy(ROOT / "demo" / "compose.yaml", project.dir / "compose.yaml")
@@ -266,6 +271,7 @@ def main() -> None:
             bares.append(measure(project.url, "1.0", args.hz, lambda: project.compose("up", "-d") and None))
             bare_recreated = recreated(before, project.container_ids())
             print(f"round {round_no}:\n  {line('rollback playbook', rollbacks[-1])}; recreated: {rollback_recreated}\n"
+                  f"  {line('rollback playbook without pipelining', unpipelined[-1])}\n"
                   f"  {line('bare compose up -d', bares[-1])}; recreated: {bare_recreated}", flush=True)
         med = {key: (statistics.median(getattr(m, key) for m in rollbacks), statistics.median(getattr(m, key) for m in bares))
                for key in ("time_to_healthy_s", "unavailable_s", "command_s")}
@@ -277,6 +283,10 @@ def main() -> None:
         print(f"\nmedian of {args.rounds}, probing at {args.hz:g} Hz, the same switch (1.1 -> 1.0, image only) in the same run:")
         print(f"  time to healthy: rollback playbook {tth_r:.1f} s, bare compose up -d {tth_b:.1f} s; "
               f"ratio {tth_r / tth_b:.2f}x (target at most {MAX_TIME_TO_HEALTHY_RATIO:g}x: {'met' if tth_ok else 'NOT met'})")
+        tth_u = statistics.median(m.time_to_healthy_s for m in unpipelined)
+        un_u = statistics.median(m.unavailable_s for m in unpipelined)
+        print(f"  without pipelining: rollback playbook {tth_u:.1f} s to healthy, ratio {tth_u / tth_b:.2f}x; "
+              f"unavailable {un_u:.2f} s")
         print(f"  unavailable: rollback playbook {un_r:.2f} s, bare compose up -d {un_b:.2f} s; "
               f"ratio {un_r / un_b if un_b else float('inf'):.2f}x, {un_r - un_b:+.2f} s "
               f"(target at most bare + {MAX_EXTRA_UNAVAILABLE_S:g} s: {'met' if un_ok else 'NOT met'})")

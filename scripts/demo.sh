@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SELFHOST_VENV:-$PWD/.venv}"
 export PATH="$VENV/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$VENV/collections" ANSIBLE_PYTHON_INTERPRETER="$VENV/bin/python"
+# pipelining as the README recommends (each task's module goes to Python on stdin)
+export ANSIBLE_PIPELINING="${ANSIBLE_PIPELINING:-True}"
 export ANSIBLE_DISPLAY_SKIPPED_HOSTS=false ANSIBLE_DISPLAY_OK_HOSTS="${ANSIBLE_DISPLAY_OK_HOSTS:-true}"
 DEMO_ROOT="${DEMO_ROOT:-/srv/selfhost-demo}"
 DEMO_PORT="${DEMO_PORT:-8080}"
