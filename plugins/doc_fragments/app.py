@@ -31,8 +31,14 @@ options:
           - Defaults to the name C(docker compose) itself gives the project in O(app.project_dir) (in this order,
             C(COMPOSE_PROJECT_NAME) from the environment or the env file, the compose file's top-level C(name:),
             the directory's name), so a project started there with a plain C(docker compose up -d) is found.
-          - When the running containers carry another project name for this directory, every module that
-            reads or changes the app stops and names the value to set here.
+          - When that name is only a default (the directory's name or the compose file's C(name:)) and the containers
+            started from O(app.project_dir) with the same compose files all carry one other project name (the
+            project was brought up with C(docker compose -p NAME) or C(COMPOSE_PROJECT_NAME) in the shell), that
+            name is taken, with a warning to set it here (C(project_name_from=containers) in the results that
+            report it).
+          - When this option or C(COMPOSE_PROJECT_NAME) names another project than the running containers carry,
+            when two projects' containers claim the directory, or when their compose files differ, every module
+            that reads or changes the app stops and names the value to set here.
         type: str
       compose_files:
         description:
