@@ -9,7 +9,7 @@ VENV="${SELFHOST_VENV:-$PWD/.venv}"
 for tool in zstd restic tar sha256sum; do
   command -v "$tool" >/dev/null || { echo "[bench] ERROR: $tool is not installed (make setup installs it)" >&2; exit 1; }
 done
-echo "== backup: against tar | zstd, restic and sha256sum =="
+echo "== backup: against tar | zstd (a 630 MB set and a 4 GB set), restic and sha256sum =="
 "$VENV/bin/python" bench/backup_bench.py "$@"
 echo
 echo "== rollback: the rollback playbook against a bare docker compose up =="
