@@ -195,11 +195,7 @@ def main() -> int:
                 return 1
             shutil.rmtree(ledger.path("backups", entry["set_id"]))
 
-        median = {name: statistics.median(values) for name, values in results.items()}
-        print(f"\nmedian of {args.runs} (seconds; each run interleaves all of them):")
-        for name, value in median.items():
-            print(f"  {name:24s} {value:6.2f} s   {total / 1e6 / value:7.0f} MB/s   cpu {statistics.median(CPU[name]):5.2f} s   "
-                  f"runs: {', '.join('%.2f' % v for v in results[name])}")
+        median = medians(results, total, f"\nmedian of {args.runs} (seconds; each run interleaves all of them):")
         backup_ratio = median["ours: backup"] / median["tar|zstd"]
         restic_ratio = median["ours: backup"] / median["restic first backup"]
         verify_ratio = median["ours: deep verify"] / median["sha256sum"]
@@ -221,6 +217,16 @@ def main() -> int:
         return 0 if ok else 2
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def medians(results: dict[str, list[float]], total: int, heading: str) -> dict[str, float]:
+    """Print each measurement's median (seconds, MB/s of the data, CPU seconds, every run) and return them."""
+    median = {name: statistics.median(values) for name, values in results.items()}
+    print(heading)
+    for name, value in median.items():
+        print(f"  {name:24s} {value:6.2f} s   {total / 1e6 / value:7.0f} MB/s   cpu {statistics.median(CPU[name]):5.2f} s   "
+              f"runs: {', '.join('%.2f' % v for v in results[name])}")
+    return median
 
 
 def large_set(work: str, args: argparse.Namespace) -> bool:
@@ -248,11 +254,7 @@ def large_set(work: str, args: argparse.Namespace) -> bool:
         outcome: dict = {}
         results["ours: backup (large)"].append(timed(lambda: outcome.update(backup.run()), "ours: backup (large)"))
         shutil.rmtree(ledger.path("backups", outcome["set_id"]))
-    median = {name: statistics.median(values) for name, values in results.items()}
-    print(f"median of {args.large_runs}:")
-    for name, value in median.items():
-        print(f"  {name:24s} {value:6.2f} s   {total / 1e6 / value:7.0f} MB/s   cpu {statistics.median(CPU[name]):5.2f} s   "
-              f"runs: {', '.join('%.2f' % v for v in results[name])}")
+    median = medians(results, total, f"median of {args.large_runs}:")
     ratio = median["ours: backup (large)"] / median["tar|zstd (large)"]
     print(f"  backup / tar|zstd -1 -T0 on the large set  {ratio:.2f}x   (goal: <= {TARGETS['backup']}x)  "
           f"{'ok' if ratio <= TARGETS['backup'] else 'MISSED'}")
