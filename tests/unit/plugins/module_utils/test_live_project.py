@@ -22,6 +22,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     judge_live_project,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
+from test_module import FakeAnsibleModule  # the skeleton's own fake (same directory)
 
 ELSEWHERE = "/srv/elsewhere"
 OWN_OVERRIDE = "/var/lib/selfhost-rollback/shop/switch-override.yml"
@@ -142,19 +143,6 @@ def test_adopting_changes_the_app_in_place_and_refusing_raises(tmp_path):
     older_with_the_files = Client((labels("ai", str(tmp_path), files), 1796000000), (labels("ai", str(tmp_path), [files[0]]), 1796000100))
     with pytest.raises(OperatorError, match=r"started with the compose files compose.yaml, but"):
         check_live_project(older_with_the_files, make_app(tmp_path))
-
-
-class FakeAnsibleModule:
-    params: dict[str, t.Any] = {}
-
-    def __init__(self, argument_spec: dict[str, t.Any], supports_check_mode: bool = False, **kwargs: t.Any) -> None:
-        self.params = dict(type(self).params)
-        self.check_mode = False
-        self._diff = False
-        self.warnings: list[str] = []
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
 
 
 @pytest.mark.parametrize("app_first", [True, False], ids=["app first", "client first"])
