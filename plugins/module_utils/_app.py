@@ -137,9 +137,12 @@ class AppError(Exception):
 def validate_app(app: dict[str, t.Any], store: str | None = None) -> dict[str, t.Any]:
     """Check what the argument spec cannot; return the app with defaults resolved.
 
-    With ``pins: own_file`` and a ``store``, ``pins_file`` is the collection's own compose file
-    of digest pins (``<store>/<app>/pins.yaml``), which every Compose call adds after the
-    project's own files; None otherwise.
+    ``pins_file`` is the collection's own images file (``<store>/<app>/pins.yaml``), which every
+    Compose call adds after the project's own files: with ``pins: own_file`` (a ``store`` given)
+    it holds every digest pin; with ``pins: compose_files`` it is used while it exists, that is
+    while a partial rollback holds a service back in it (``_partial``). None otherwise. A
+    ``COMPOSE_FILE`` that names it (as the partial rollback's plan suggests) does not make it one of
+    the project's ``compose_files``.
     """
     name = app["name"]
     if not APP_NAME_RE.match(name):
@@ -158,7 +161,11 @@ def validate_app(app: dict[str, t.Any], store: str | None = None) -> dict[str, t
     resolved["env_file"] = env_file if os.path.isabs(env_file) else os.path.join(project_dir, env_file)
     compose_env = compose_variables(resolved["env_file"])
     files, resolved["compose_files_from"] = compose_file_list(app, compose_env)
+    own = (app.get("pins") or "compose_files") == "own_file"
+    pins = os.path.join(store, name, PINS_FILE) if store else None
+    resolved["pins"] = "own_file" if own else "compose_files"
     resolved["compose_files"] = [f if os.path.isabs(f) else os.path.join(project_dir, f) for f in files]
+    resolved["compose_files"] = [f for f in resolved["compose_files"] if not pins or os.path.realpath(f) != os.path.realpath(pins)]
     for path in resolved["compose_files"]:
         if not os.path.isfile(path):
             raise AppError(f"app {name}: compose file {path} does not exist (named by {resolved['compose_files_from']}); "
@@ -184,8 +191,7 @@ def validate_app(app: dict[str, t.Any], store: str | None = None) -> dict[str, t
                 raise AppError(f"app {name}: smoke request {spec.get('path')}: matches {spec['matches']!r} is not a regular "
                                f"expression ({exc}); fix app.smoke") from exc
     resolved["signals"] = validate_signals(name, app.get("signals") or [])
-    own = (app.get("pins") or "compose_files") == "own_file"
-    resolved["pins_file"] = os.path.join(store, name, PINS_FILE) if own and store else None
+    resolved["pins_file"] = pins if pins and (own or os.path.isfile(pins)) else None
     resolved["extra_files"] = []  # the collection's own overrides for one call (a switch's image override)
     return resolved
 

@@ -20,9 +20,16 @@ or an env key therefore comes back only when everything that reads it is in the 
   between the release's merged project and today's lies inside the part.
 
 What cannot come back alone is named: a setting stays as it is now, with the services that share
-it; an image that cannot return without a key or a file other services read too blocks the
-rollback, with the sentence saying which service to add. :func:`plan` is pure; the switch
-module applies its ``files`` and ``images``, the compatibility gate shows it.
+it. An image whose line other services share (a ``${VERSION}`` they read too, a YAML anchor) comes
+back through the collection's own images file (``<store>/<app>/pins.yaml``, the file ``pins: own_file``
+uses): the service's image by digest under ``services.<name>.image``, which every Compose call of
+the collection adds after the project's files, while the user's files keep the shared line. The plan
+says that a plain ``docker compose up -d`` without that file brings the service forward again, and
+which ``COMPOSE_FILE`` keeps it. An upgrade, or a full rollback to a release that held nothing
+there, takes the file away. What that file cannot hold (a ``build:`` service, an image without a
+registry digest) blocks the rollback, with the sentence saying which service to add.
+:func:`plan` is pure; the switch module applies its ``files``, ``images`` and ``images_file``, the
+compatibility gate shows it.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._artifacts import by_hand_sentence
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import parse_env_text
-from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, interpolate, locate_images, unpin_text
+from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, parse_env_text, scrub
+from ansible_collections.selfhost.rollback.plugins.module_utils._pin import ImageNode, PinError, interpolate, locate_images, unpin_text
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import _structure
 
 SCOPES = ("all", "config", "images", "artifacts")
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
@@ -47,6 +55,45 @@ Aspect = t.Tuple[str, str]
 
 def is_partial(services: list[str] | None, scope: str | None) -> bool:
     return bool(services) or (scope or "all") != "all"
+
+
+def images_file_of(app: dict[str, t.Any], path: str) -> dict[str, t.Any] | None:
+    """The collection's images file as a plan uses it: ``path`` and ``held`` (service → image it holds now).
+
+    None with ``pins: own_file``: that file holds every service's digest pin (the pin module writes
+    it, a partial rollback moves the pins of what comes back in it).
+    """
+    if app.get("pins") == "own_file":
+        return None
+    held: dict[str, str] = {}
+    if os.path.isfile(path):
+        with open(path, "rb") as handle:
+            held = _project.images_in_file(handle.read())
+    return {"path": path, "held": held}
+
+
+def project_structure(app: dict[str, t.Any], salt: bytes, secrets: list[str]) -> dict[str, t.Any]:
+    """The merged project a plan reads image lines from, as a release records it (no interpolation, scrubbed).
+
+    The project's own files, without the collection's images file (which overrides the lines of the
+    services it holds); with ``pins: own_file``, merged with that file, whose lines are the pins.
+    """
+    compose = Compose(app if app.get("pins") == "own_file" else dict(app, pins_file=None))
+    return t.cast(dict, scrub(_structure(compose, salt), secrets))
+
+
+def compose_file_setting(app: dict[str, t.Any], path: str, values: t.Mapping[str, str]) -> str:
+    """``COMPOSE_FILE=…`` that makes a plain ``docker compose`` in the project directory read ``path`` too."""
+    separator = values.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+    files = [os.path.relpath(p, app["project_dir"]) for p in app.get("compose_files") or []] or ["compose.yaml"]
+    return "COMPOSE_FILE=" + separator.join(files + [path])
+
+
+def names_images_file(path: str, values: t.Mapping[str, str]) -> bool:
+    """Whether ``COMPOSE_FILE`` (in ``values``) names the images file already."""
+    setting = values.get("COMPOSE_FILE") or ""
+    separator = values.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+    return any(os.path.realpath(f) == os.path.realpath(path) for f in setting.split(separator) if os.path.isabs(f))
 
 
 def unpinned(ref: t.Any) -> t.Any:
@@ -134,14 +181,19 @@ def _who(aspects: t.Iterable[Aspect]) -> str:
 
 def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str, bytes], live_files: dict[str, bytes],
          live_structure: dict[str, t.Any], live_images: dict[str, dict[str, t.Any]], services: list[str] | None,
-         scope: str, environ: t.Mapping[str, str] | None = None) -> dict[str, t.Any]:
+         scope: str, environ: t.Mapping[str, str] | None = None, images_file: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
     """What a partial rollback to ``target`` changes, keeps and refuses.
 
-    ``live_images``: per service that runs now, ``image_ref`` (as Compose resolves its image line)
-    and ``image_id``. Returns ``services`` (the part), ``partners``, ``files`` (the project files to
-    write, relative name → bytes), ``images`` (per service of the target, the image ID it must
-    run), ``back`` / ``kept`` (what returns and what stays, with why), ``blocking`` and
-    ``actions``.
+    ``live_structure``: the merged project of the app's own files (:func:`project_structure`).
+    ``live_images``: per service that runs now, ``image_ref`` (as Compose resolves its image line,
+    the images file included) and ``image_id``. ``images_file``: :func:`images_file_of`, or None
+    when the plan may not use that file (an image line others share then blocks).
+
+    Returns ``services`` (the part), ``partners``, ``files`` (the project files to write, relative
+    name → bytes), ``images`` (per service of the target, the image ID it must run), ``back`` /
+    ``kept`` (what returns and what stays, with why), ``images_file`` (None, or ``path``,
+    ``services``: what it holds after the switch, ``hold`` / ``release``: the services put in or
+    taken out, ``write``: whether it changes), ``blocking`` and ``actions``.
     """
     services = list(services or [])
     part, partners, blocking = part_of(app, target, services, scope)
@@ -149,7 +201,7 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
     target_structure = (target.get("compose") or {}).get("config") or {}
     result: dict[str, t.Any] = {"scope": scope, "services": part, "partners": partners, "files": {}, "images": {},
                                 "back": {"images": [], "env": [], "files": []}, "kept": {"env": {}, "files": {}, "images": []},
-                                "blocking": blocking, "actions": []}
+                                "images_file": None, "blocking": blocking, "actions": []}
     if blocking or scope == "artifacts":
         return result
     want = wanted_aspects(part, services, scope)
@@ -201,11 +253,16 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
     result["back"]["env"] = env_back
     result["back"]["files"] = changed if files_back else []
 
-    # images: each service runs the target's image (its image is in the part) or today's; the files must say the same
+    # images: each service runs the target's image (its image is in the part) or today's; the files must say the same, or,
+    # for a service whose image line others share, the collection's images file does
     values = dict(parse_env_text(env_text, environ or {}))
     values.update(environ or {})
     target_services = target.get("services") or {}
     kept_keys = set(result["kept"]["env"])
+    staying = (set(target_services) | set(live_images)) - set(part)
+    held = dict((images_file or {}).get("held") or {})
+    entries = dict(held)  # the images file after the switch
+    routed: dict[str, str] = {}  # service → why its image comes back through the images file
     repinned: list[str] = []
     for name, recorded in sorted(target_services.items()):
         live = live_images.get(name)
@@ -219,45 +276,72 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
         line = ((structure.get("services") or {}).get(name) or {}).get("image")
         if not isinstance(line, str) or not chosen.get("image_ref"):
             continue
+        if not back and name in held:
+            continue  # the images file holds it, and goes on holding it
+        trial, problem, moved = dict(files), None, False
         if back and DIGEST.search(line) and live is not None and recorded["image_id"] != live["image_id"]:
             # the pin in today's file holds today's image: it moves to the release's digest (or goes)
             found = DIGEST.search(str(recorded.get("image_ref")))
-            problem = repin(files, compose_rels, name, found.group(0) if found else "", set(result["images"]) - set(part))
-            if problem:
-                result["blocking"].append(f"{name} cannot go back to {recorded['image_ref']} alone: {problem}")
+            problem = repin(trial, compose_rels, name, found.group(0) if found else "", staying)
+            moved = problem is None
+            line = DIGEST.sub(found.group(0) if found else "", line) if moved else line
+        if problem is None:
+            try:
+                resolved = interpolate(line, values)
+            except PinError as exc:
+                result["blocking"].append(f"the image line of {name} ({line}) cannot be read: {exc}")
                 continue
-            line = DIGEST.sub(found.group(0) if found else "", line)
-            repinned.append(name)
-        try:
-            resolved = interpolate(line, values)
-        except PinError as exc:
-            result["blocking"].append(f"the image line of {name} ({line}) cannot be read: {exc}")
-            continue
-        if resolved == (chosen["image_ref"] if DIGEST.search(resolved) else unpinned(chosen["image_ref"])):
-            continue
-        if back:
-            held = sorted(k for k in _names(line) & kept_keys)
-            if held:
-                others = set().union(*(who_reads.get(k, set()) for k in held)) - want
-                shared = ", ".join(sorted({a[0] for a in others if a != PROJECT} | ({"the project"} if PROJECT in others else set())))
-                why = (f"its image line {line} reads {', '.join(held)}, which {shared} also {'reads' if ',' not in shared else 'read'}"
-                       + (f"; add {shared} to rollback_services, or tie them together in app.version_locks" if services else ""))
-            else:
-                why = (f"its image line is in {', '.join(changed)}, which {'change' if len(changed) > 1 else 'changes'} "
-                       f"{_who(diff - want)} too")
-            result["blocking"].append(f"{name} cannot go back to {recorded['image_ref']} alone: {why}")
+            if resolved == (chosen["image_ref"] if DIGEST.search(resolved) else unpinned(chosen["image_ref"])):
+                files.update(trial)
+                repinned += [name] if moved else []
+                if back:
+                    entries.pop(name, None)  # its own line gives it: the images file need not hold it
+                continue
+            if not back:
+                result["blocking"].append(f"{name} would leave {live['image_ref']} for {resolved}, although its "
+                                          f"image is outside the part (scope {scope}); roll back with rollback_scope=all")
+                continue
+        # its image cannot come back through the project files alone: is it because others share its line?
+        held_keys = sorted(_names(line) & kept_keys)
+        node = image_node(live_files, compose_rels, name)
+        anchored = sorted((set(node[1].services) - {name}) & staying) if node else []
+        anchor_why = anchor_sentence(node[0], node[1], name, staying) if node else None
+        if held_keys:
+            others = set().union(*(who_reads.get(k, set()) for k in held_keys)) - want
+            sharers = sorted({a[0] for a in others if a != PROJECT} | ({"the project"} if PROJECT in others else set()))
+            why = (f"its image line {line} reads {', '.join(held_keys)}, which {', '.join(sharers)} also "
+                   f"{'reads' if len(sharers) == 1 else 'read'}")
+        elif problem or anchored:
+            sharers = anchored
+            why = str(problem or anchor_why)
         else:
-            result["blocking"].append(f"{name} would leave {live['image_ref']} for {resolved}, although its "
-                                      f"image is outside the part (scope {scope}); roll back with rollback_scope=all")
+            sharers = []
+            why = (f"its image line is in {', '.join(changed)}, which {'change' if len(changed) > 1 else 'changes'} "
+                   f"{_who(diff - want)} too")
+        if images_file is not None and sharers:
+            cannot = not_holdable(recorded)
+            if not cannot:
+                entries[name] = str(hold_reference(recorded))
+                routed[name] = why
+                continue
+            why += f"; the collection's images file {images_file['path']} cannot hold it either: {cannot}"
+        if services and held_keys:
+            why += f"; add {', '.join(sharers)} to rollback_services, or tie them together in app.version_locks"
+        result["blocking"].append(f"{name} cannot go back to {recorded['image_ref']} alone: {why}")
     if result["blocking"]:
         return result
     result["back"]["files"] = sorted(rel for rel in files if rel != env_rel and files[rel] != live_files.get(rel))
     for rel in result["back"]["files"]:
         result["kept"]["files"].pop(rel, None)
+    if images_file is not None and (held or entries):
+        result["images_file"] = {"path": images_file["path"], "services": entries, "write": entries != held,
+                                 "hold": sorted(n for n in entries if held.get(n) != entries[n]),
+                                 "release": sorted(n for n in held if n not in entries)}
     result["actions"] = ([f"bring back {name}'s image {target_services[name]['image_ref']}" for name in result["back"]["images"]]
                          + [f"bring back {key} in {env_rel}" for key in env_back]
                          + [f"bring back {rel}" for rel in changed if files_back]
                          + [f"pin {name}'s image line to the release's digest" for name in repinned]
+                         + images_file_actions(app, result["images_file"], routed, env_rel, values)
                          + [f"keep {key} as it is now ({why})" for key, why in sorted(result["kept"]["env"].items())
                             if why != "outside the part"]
                          + [f"keep {rel} as it is now ({why})" for rel, why in sorted(result["kept"]["files"].items())
@@ -265,25 +349,73 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
     return result
 
 
+def not_holdable(recorded: dict[str, t.Any]) -> str | None:
+    """Why the images file cannot hold a release's image of a service (None: it can, by digest)."""
+    if recorded.get("build"):
+        return "the service is built here (build:), so there is no image to name by digest"
+    if not hold_reference(recorded):
+        return f"{recorded.get('image_ref')} has no registry digest"
+    return None
+
+
+def hold_reference(recorded: dict[str, t.Any]) -> str | None:
+    """The release's image of a service by digest, as the images file names it."""
+    ref = recorded.get("pinned_ref") or recorded.get("image_ref")
+    return ref if isinstance(ref, str) and DIGEST.search(ref) else None
+
+
+def images_file_actions(app: dict[str, t.Any], found: dict[str, t.Any] | None, routed: dict[str, str], env_rel: str,
+                        values: t.Mapping[str, str]) -> list[str]:
+    """The plan's sentences for the images file: what it holds and takes out, and what keeps it."""
+    if not found or not found["write"]:
+        return []
+    path = found["path"]
+    out = [f"hold {name} on {found['services'][name]} in {path}, the collection's images file, since {routed[name]} "
+           "(the project files keep that line as it is)" for name in found["hold"]]
+    out += [f"take {name} out of {path} (its own image line gives it again)" for name in found["release"]]
+    if found["services"]:
+        names = ", ".join(sorted(found["services"]))
+        keep = (f"COMPOSE_FILE in {env_rel} names it, so a plain 'docker compose up -d' keeps it" if names_images_file(path, values)
+                else f"{compose_file_setting(app, path, values)} in {env_rel} keeps it")
+        out.append(f"every Compose call of the collection adds {path}; a plain 'docker compose up -d' without that file brings "
+                   f"{names} forward again; {keep}")
+    return out
+
+
 def repin(files: dict[str, bytes], compose_rels: list[str], service: str, digest: str, staying: set[str]) -> str | None:
     """Set the digest pin of ``service``'s image line (in the last compose file that names its image) in ``files``.
 
     Returns why it cannot be done alone: the line is shared (a YAML anchor) with a service that stays.
     """
+    found = image_node(files, compose_rels, service)
+    if found is None:
+        return None
+    rel, node = found
+    problem = anchor_sentence(rel, node, service, staying)
+    if problem:
+        return problem
+    text = files[rel].decode()
+    span = text[node.start:node.end]
+    files[rel] = (text[:node.start] + DIGEST.sub(digest, span) + text[node.end:]).encode()
+    return None
+
+
+def image_node(files: dict[str, bytes], compose_rels: list[str], service: str) -> tuple[str, ImageNode] | None:
+    """The image scalar of ``service`` in the last compose file that names its image, with that file's name."""
     for rel in reversed(compose_rels):
         if rel not in files:
             continue
-        text = files[rel].decode()
-        for node in locate_images(text, rel).nodes:
-            if service not in node.services:
-                continue
-            shared = sorted(set(node.services) & staying)
-            if shared:
-                return f"its image line (line {node.line} of {rel}) is shared with {', '.join(shared)}, which {'stays' if len(shared) == 1 else 'stay'}"
-            span = text[node.start:node.end]
-            files[rel] = (text[:node.start] + DIGEST.sub(digest, span) + text[node.end:]).encode()
-            return None
+        for node in locate_images(files[rel].decode(), rel).nodes:
+            if service in node.services:
+                return rel, node
     return None
+
+
+def anchor_sentence(rel: str, node: ImageNode, service: str, staying: set[str]) -> str | None:
+    shared = sorted((set(node.services) - {service}) & staying)
+    if not shared:
+        return None
+    return f"its image line (line {node.line} of {rel}) is shared with {', '.join(shared)}, which {'stays' if len(shared) == 1 else 'stay'}"
 
 
 def artifacts_part(target: dict[str, t.Any], found: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -296,11 +428,24 @@ def artifacts_part(target: dict[str, t.Any], found: dict[str, t.Any]) -> dict[st
 
 
 def mixed(target_id: str, partial: dict[str, t.Any]) -> dict[str, t.Any]:
-    """What the release recorded after a partial rollback says of itself (the caller adds ``from``, the release it left)."""
-    return {"target": target_id, "scope": partial["scope"], "services": partial["services"],
-            "back": partial["back"], "kept": partial["kept"]}
+    """What the release recorded after a partial rollback says of itself (the caller adds ``from``, the release it left).
+
+    ``images_file``: the services the collection's images file holds in that release (service → image), so that a
+    switch back to it writes them again (:func:`held_by`).
+    """
+    out = {"target": target_id, "scope": partial["scope"], "services": partial["services"],
+           "back": partial["back"], "kept": partial["kept"]}
+    if (partial.get("images_file") or {}).get("services"):
+        out["images_file"] = dict(partial["images_file"]["services"])
+    return out
+
+
+def held_by(record: dict[str, t.Any]) -> dict[str, str]:
+    """What the collection's images file holds in a release (pins: compose_files): only a mixed release holds anything."""
+    return dict((record.get("mixed") or {}).get("images_file") or {})
 
 
 def changes(partial: dict[str, t.Any]) -> bool:
     back = partial.get("back") or {}
-    return bool(back.get("images") or back.get("env") or back.get("files") or (partial.get("artifacts") or {}).get("put_back"))
+    return bool(back.get("images") or back.get("env") or back.get("files") or (partial.get("artifacts") or {}).get("put_back")
+                or (partial.get("images_file") or {}).get("write"))

@@ -310,7 +310,7 @@ def pin_own_file(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]:
 
 def pin(module: AppModule) -> dict[str, t.Any]:
     try:
-        if module.app.get("pins_file"):
+        if module.app.get("pins") == "own_file" and module.app.get("pins_file"):
             return pin_own_file(module, module.app)
         return pin_app(module, module.app)
     except PinError as exc:

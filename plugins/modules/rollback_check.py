@@ -212,6 +212,12 @@ partial:
       description:
         - What would stay as it is now, C(env) and C(files) (each name with why it stays) and C(images) (the services that keep theirs).
       type: dict
+    images_file:
+      description:
+        - The collection's images file, when it would hold a service back (an image line shared with a service that stays) or
+          holds one now - C(path), C(services), C(hold), C(release), C(write) (see M(selfhost.rollback.switch)); V(null) otherwise.
+      type: dict
+      returned: unless O(scope=artifacts)
     blocking:
       description: Why the partial rollback cannot be done (empty when it can).
       type: list
@@ -373,6 +379,7 @@ import shutil
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _gate, _operation, _partial, _project
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError, secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
@@ -450,11 +457,14 @@ def part_check(module: AppModule, target: dict[str, t.Any], live: dict[str, t.An
     else:
         files, _warning = _project.release_files(ledger, app, target)
         images = {n: {"image_ref": s.get("image_ref"), "image_id": s.get("image_id")} for n, s in (live.get("services") or {}).items()}
-        partial = _partial.plan(app, target, files, _project.read_files(_project.project_files(app)),
-                                (live.get("compose") or {}).get("config") or {}, images, params["services"], params["scope"],
-                                os.environ)
+        held = _partial.images_file_of(app, ledger.path(PINS_FILE))
+        structure = (live.get("compose") or {}).get("config") or {}
+        if held and held["held"]:  # what runs is merged with the images file; the plan reads the lines of the project's own files
+            structure = _partial.project_structure(app, read_salt(ledger) or b"", secret_values(app))
+        partial = _partial.plan(app, target, files, _project.read_files(_project.project_files(app)), structure, images,
+                                params["services"], params["scope"], os.environ, held)
         partial.pop("files")
-    what = f"scope {partial['scope']}" + (f", services {', '.join(partial['services'])}" if params["services"] else "")
+    what = f"scope {partial['scope']}" + (f", services {', '.join(partial['services'] or params['services'])}" if params["services"] else "")
     if partial["blocking"]:
         checks.append(check("block", "part", f"{what}: " + "; ".join(partial["blocking"])))
     else:

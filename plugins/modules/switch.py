@@ -116,8 +116,13 @@ options:
       - The part is written into the project files, so a later plain C(docker compose up -d) changes nothing. An env-file key comes
         back only when every service that reads it (by C(${KEY}) in its definition) goes back; the compose files come back only
         when every difference between the release's merged project and today's lies inside the part. A setting shared with a
-        service that stays is kept as it is and named in RV(partial); an image that cannot return without such a key or file
-        refuses the switch before anything changes, naming the service to add.
+        service that stays is kept as it is and named in RV(partial).
+      - An image line shared with a service that stays (a version variable both read, a YAML anchor) is kept too; the service's
+        release image goes by digest into the collection's own images file C(<store>/<app>/pins.yaml), which every Compose call
+        of the collection adds while it exists (RV(partial.images_file)). A plain C(docker compose up -d) without that file brings
+        the service forward again; C(COMPOSE_FILE) in the project's env file, as the plan says, keeps it. An image that file
+        cannot hold (a C(build:) service, no registry digest) refuses the switch before anything changes, naming the service to
+        add. An upgrade, or a full switch back to a release that held nothing there, takes the file away.
       - Data is never restored here; M(selfhost.rollback.rollback_check) refuses a partial rollback whose code needs older data.
     type: list
     elements: str
@@ -304,7 +309,8 @@ partial:
     - For a partial rollback (O(services), or O(scope) other than V(all)), its plan and what it did.
     - C(scope), C(services) (the part, with the partners version locks add), C(partners) (sentences), C(images) (per service the
       image ID it runs after the switch), C(back) (C(images), C(env) keys, C(files) that came back), C(kept) (C(env) and C(files)
-      that stay as they are now, each with why; C(images) of the services that keep theirs), C(actions) (the plan in sentences),
+      that stay as they are now, each with why; C(images) of the services that keep theirs), C(images_file) (what the
+      collection's images file holds back), C(actions) (the plan in sentences),
       C(untouched) (per service left alone, its container ID and whether it is the same one), and for V(artifacts) C(artifacts)
       (C(put_back), C(by_hand), C(same)) and C(by_hand) (a sentence per command artifact the operator must put back).
   returned: when O(services) or O(scope) make the switch partial
@@ -334,6 +340,13 @@ partial:
       description:
         - What stays as it is now, C(env) and C(files) (each name with why it stays) and C(images) (the services that keep theirs).
       type: dict
+    images_file:
+      description:
+        - The collection's images file, when it holds a service back after the switch or held one before it - C(path),
+          C(services) (service to image it holds after the switch), C(hold) and C(release) (services put in and taken out),
+          C(write) (whether it changes). V(null) otherwise, and with O(app.pins=own_file).
+      type: dict
+      returned: unless O(scope=artifacts)
     blocking:
       description: Why the partial rollback cannot be done (always empty here, as the switch then fails and changes nothing).
       type: list
@@ -396,7 +409,7 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _capture, _partial, _project, _quiesce
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE, compose_variables, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     OperatorError,
@@ -406,13 +419,12 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     one_shot_services,
     parse_env_text,
     project_containers,
-    scrub,
     secret_values,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, unpin_text
-from ansible_collections.selfhost.rollback.plugins.module_utils._release import _structure, read_salt
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import read_salt
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
@@ -588,7 +600,7 @@ def diff_of(app: dict[str, t.Any], changed: list[str], current: dict[str, bytes]
 
 def restore_pins(app: dict[str, t.Any], record: dict[str, t.Any]) -> None:
     """pins: own_file - the pins file says the release's digests again (services without one are left out)."""
-    if not app.get("pins_file"):
+    if app.get("pins") != "own_file" or not app.get("pins_file"):
         return
     pinned = {n: s["pinned_ref"] for n, s in (record.get("services") or {}).items() if s.get("pinned_ref")}
     if pinned:
@@ -599,9 +611,58 @@ def restore_pins(app: dict[str, t.Any], record: dict[str, t.Any]) -> None:
 
 
 def drop_pins(app: dict[str, t.Any]) -> None:
-    """Remove the collection's own pins file (pins: own_file); the next pin writes it again."""
+    """Take away the collection's own images file: its pins (pins: own_file; the next pin writes them again), or the
+    services a partial rollback held back in it (pins: compose_files), which an upgrade brings forward."""
     if app.get("pins_file") and os.path.isfile(app["pins_file"]):
-        os.remove(app["pins_file"])
+        put_file(app["pins_file"], held_file(app, app["pins_file"], {}, compose_variables(app["env_file"])))
+
+
+def held_file(app: dict[str, t.Any], path: str, held: dict[str, str], values: t.Mapping[str, str]) -> bytes | None:
+    """The collection's images file with the services a partial rollback holds back in it (pins: compose_files).
+
+    None (no file) when it holds none, unless COMPOSE_FILE (in ``values``) names it: a plain
+    ``docker compose`` would then fail on a missing file, so it stays, holding nothing.
+    """
+    if held:
+        return _project.images_file(f"written by selfhost.rollback.switch for app {app['name']}: the services a partial "
+                                    "rollback holds back", held)
+    if _partial.names_images_file(path, values):
+        return f"# written by selfhost.rollback.switch for app {app['name']}: it holds no service now\nservices: {{}}\n".encode()
+    return None
+
+
+def put_file(path: str, data: bytes | None) -> None:
+    """Write the collection's file (0600), or remove it (``data`` None)."""
+    if data is not None:
+        atomic_write_bytes(path, data)
+    elif os.path.isfile(path):
+        os.remove(path)
+
+
+def images_file_change(module: AppModule, record: dict[str, t.Any], partial: dict[str, t.Any] | None,
+                       env_text: bytes | None) -> tuple[str, bytes | None, bytes | None] | None:
+    """pins: compose_files - the collection's images file before and after a switch back, when it changes.
+
+    After a partial rollback it holds what the plan says (``images_file``); after a full one, what the
+    release held (``_partial.held_by``: a mixed release), usually nothing. ``env_text``: the env file as
+    the switch leaves it (its COMPOSE_FILE may name the images file). None: it stays as it is.
+    """
+    app = module.app
+    found = _partial.images_file_of(app, module.ledger.path(PINS_FILE))
+    if found is None:
+        return None
+    if partial is None:
+        held = _partial.held_by(record)
+    else:
+        held = dict(partial["images_file"]["services"]) if partial.get("images_file") else dict(found["held"])
+    values = dict(parse_env_text((env_text or b"").decode(errors="replace")))
+    values.update({k: v for k, v in os.environ.items() if k.startswith("COMPOSE_")})
+    after = held_file(app, found["path"], held, values)
+    before = None
+    if os.path.isfile(found["path"]):
+        with open(found["path"], "rb") as handle:
+            before = handle.read()
+    return None if after == before else (found["path"], before, after)
 
 
 def settled(live: dict[str, t.Any], one_shot: bool) -> bool:
@@ -660,14 +721,22 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         check_start_first(app, Compose(app).config(), start_first)
     beside = [n for n in start_first if n in mismatched and running.get(n, {}).get("state") == "running"]
     recreate = [n for n in mismatched if n not in beside]
+    env_rel = os.path.relpath(app["env_file"], app["project_dir"])
+    held = images_file_change(module, record, partial, wanted.get(env_rel, current.get(env_rel)))
     actions = [f"write {rel}" for rel in changed_files]
+    if held is not None:
+        holds = ", ".join(f"{n} on {r}" for n, r in sorted(_project.images_in_file(held[2] or b"").items()))
+        actions.append(f"remove {held[0]} (it holds no service now)" if held[2] is None else f"write {held[0]} (holds {holds or 'nothing'})")
     actions += [f"{r['source']} image for {r['service']}" for r in rows if r["source"] in ("registry", "archive")]
     actions += [f"start {n} beside its old container, wait until it is healthy, remove the old one" for n in beside]
-    if changed_files or recreate:
+    if changed_files or recreate or held is not None:
         actions.append("docker compose up -d --pull never on the release's images" + (f" (recreates {', '.join(recreate)})" if recreate else ""))
     result: dict[str, t.Any] = {"changed": bool(actions), "actions": actions, "files_changed": changed_files, "images": rows,
                                 "recreated": recreate, "started_first": beside,
                                 "diff": diff_of(app, changed_files, current, wanted)}
+    if held is not None:
+        result["diff"].append({"before_header": held[0], "after_header": held[0], "before": (held[1] or b"").decode(errors="replace"),
+                               "after": (held[2] or b"").decode(errors="replace")})
     if partial is not None:
         result["partial"] = partial
     if not actions or module.check_mode:
@@ -683,6 +752,8 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
             _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
         # pins: own_file - the release's digests (for a partial rollback, of what comes back), as its saved files hold them otherwise
         restore_pins(app, record if partial is None else mixed_pins(app, record, partial["back"]["images"]))
+        if held is not None:  # pins: compose_files - the services a partial rollback holds back, or none any more
+            put_file(held[0], held[2])
         app = validate_app(module.params["app"], module.params["store"])  # the compose files may have changed
         config = Compose(app).config()
         if beside:
@@ -694,6 +765,8 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
                         _project.write_project_file(os.path.join(app["project_dir"], rel), current[rel])
                     else:
                         os.remove(os.path.join(app["project_dir"], rel))
+                if held is not None:
+                    put_file(held[0], held[1])
                 raise
         override = ledger.path("switch-override.yml")
         in_files = {n: str(s.get("image")) for n, s in (config.get("services") or {}).items() if s.get("image")}
@@ -722,14 +795,14 @@ def plan_partial(module: AppModule, record: dict[str, t.Any], target_files: dict
     """The part of ``record`` that comes back (see ``_partial.plan``); refused in one sentence when it cannot."""
     app, client = module.app, module.client
     compose = Compose(app)
-    structure = scrub(_structure(compose, read_salt(module.ledger) or b""), secret_values(app))
+    structure = _partial.project_structure(app, read_salt(module.ledger) or b"", secret_values(app))
     config = compose.config()
     running = running_images(client, app)
     live_images = {name: {"image_ref": spec.get("image"), "image_id": running[name]["image_id"]}
                    for name, spec in (config.get("services") or {}).items() if name in running}
     live_files = _project.read_files(_project.project_files(app))
     plan = _partial.plan(app, record, target_files, live_files, structure, live_images, module.params["services"],
-                         module.params["scope"], os.environ)
+                         module.params["scope"], os.environ, _partial.images_file_of(app, module.ledger.path(PINS_FILE)))
     if plan["blocking"]:
         raise OperatorError(f"app {app['name']}: the partial rollback to {record['release_id']} cannot be done, nothing was "
                             "changed: " + "; ".join(plan["blocking"]))

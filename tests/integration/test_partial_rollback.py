@@ -2,12 +2,15 @@
 and upgraded together: only the worker back (the front end keeps its container), only the settings
 back (every image stays), only the model file back (by digest, from the copy the release kept).
 Each is first run in check mode, which changes nothing and prints its plan; after each, what runs
-is what a plain ``docker compose up -d`` in the directory gives (it changes nothing)."""
+is what a plain ``docker compose up -d`` in the directory gives (it changes nothing). Then both
+services read one APP_VERSION (the common shape): only the worker back, held in the collection's
+images file while the project files keep the shared variable, until a full rollback takes it away."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import shutil
 import uuid
@@ -66,6 +69,14 @@ class Chat:
     def image_id(self, tag: str) -> str:
         return self.client.images.get(f"127.0.0.1:5000/selfhost/notes:{tag}").id
 
+    def set_env(self, **values: str) -> None:
+        path = self.dir / ".env"
+        text = path.read_text()
+        for key, value in values.items():
+            text, found = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
+            text += "" if found else f"{key}={value}\n"
+        path.write_text(text)
+
 
 @pytest.fixture
 def chat(tmp_path, docker_client, registry):
@@ -92,7 +103,7 @@ def assert_a_plain_up_keeps_the_mix(chat: Chat, step: str) -> None:
     assert_runs_what_compose_says(chat.dir, chat.client, step)
 
 
-def test_put_back_only_what_broke(chat, run_playbook, tmp_path):
+def test_put_back_only_what_broke(chat, run_playbook, module_playbook, tmp_path):
     chat.compose("up", "-d", "--wait", "--wait-timeout", "120")
     inventory = write_inventory(tmp_path / "inventory.json",
                                 group_vars={"rollback_apps": [chat.definition()], "rollback_store": str(chat.store)})
@@ -181,3 +192,63 @@ def test_put_back_only_what_broke(chat, run_playbook, tmp_path):
     failed = next(r for r in run.results if r["status"] == "failed")["result"]["msg"]
     assert "artifact 'model': release" in failed and "no copy was kept" in failed, failed
     assert chat.model.read_bytes() == b"another bad run\n"
+
+    # a refusal names its reason on the run's last line, not only "see the table"
+    run = run_playbook("selfhost.rollback.rollback", {"rollback_services": ["wrker"], "rollback_target": v1["release_id"]},
+                       inventory=inventory)
+    assert run.rc != 0
+    last = run.task("Fail the run when a host did not roll back")["result"]["msg"]
+    assert last.startswith("Not every host rolled back: localhost blocked (part: scope all, services wrker: rollback_services "
+                           "names wrker, which release"), last
+
+    # 4. one APP_VERSION for the front end and the worker (the common shape), two releases apart by it alone
+    pins = ledger / "pins.yaml"
+    (chat.dir / "compose.yaml").write_text((STACK / "compose.yaml").read_text().replace(
+        "${WORKER_VERSION:?set WORKER_VERSION in .env}", "${APP_VERSION:?set APP_VERSION in .env}"))
+    shared = {}
+    for version in ("1.0", "1.1"):
+        chat.set_env(APP_VERSION=version)
+        chat.compose("up", "-d", "--wait", "--wait-timeout", "120")
+        run, recorded = module_playbook("selfhost.rollback.release", {"app": chat.definition(), "store": str(chat.store)})
+        assert run.rc == 0, run.stdout[-3000:]
+        shared[version] = recorded["release_id"]
+    before = chat.containers()
+    assert before["worker"]["image"] == chat.image_id("1.1")
+    env_before = (chat.dir / ".env").read_bytes()
+    worker_alone = {"rollback_services": ["worker"], "rollback_target": shared["1.0"]}
+    run = run_playbook("selfhost.rollback.rollback", worker_alone, inventory=inventory, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    plan = " ".join(plan_of(run))
+    assert "hold worker on 127.0.0.1:5000/selfhost/notes:1.0@sha256:" in plan and f"in {pins}, the collection's images file" in plan, plan
+    assert "reads APP_VERSION, which app also reads" in plan, plan
+    assert "a plain 'docker compose up -d' without that file brings worker forward again" in plan, plan
+    assert f"COMPOSE_FILE=compose.yaml:{pins} in .env keeps it" in plan, plan
+    assert not pins.exists() and (chat.dir / ".env").read_bytes() == env_before
+    assert {n: c["id"] for n, c in chat.containers().items()} == {n: c["id"] for n, c in before.items()}
+
+    run = run_playbook("selfhost.rollback.rollback", worker_alone, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    now = chat.containers()
+    assert now["worker"]["image"] == chat.image_id("1.0")
+    assert now["app"]["id"] == before["app"]["id"] and now["db"]["id"] == before["db"]["id"], "a service that stays was recreated"
+    assert chat.version() == "1.1"
+    held = run.task("Switch to the release")["result"]["partial"]["images_file"]
+    assert (held["path"], held["hold"]) == (str(pins), ["worker"]), held
+    assert held["services"]["worker"].startswith("127.0.0.1:5000/selfhost/notes:1.0@sha256:"), held
+    assert (chat.dir / ".env").read_bytes() == env_before, "the shared variable changed"
+    assert f'image: "{held["services"]["worker"]}"' in pins.read_text()
+    run = run_playbook("selfhost.rollback.rollback", worker_alone, inventory=inventory)
+    assert run.rc == 0 and run.changed() == [], run.changed()
+
+    # what the plan says keeps it: COMPOSE_FILE in .env, then a plain 'docker compose up -d' leaves the worker back
+    chat.set_env(COMPOSE_FILE=f"compose.yaml:{pins}")
+    assert_a_plain_up_keeps_the_mix(chat, "with COMPOSE_FILE naming the images file")
+    assert chat.containers()["worker"]["image"] == chat.image_id("1.0")
+
+    # a full rollback to a release that held nothing there takes the file away: the worker comes forward
+    run = run_playbook("selfhost.rollback.rollback", {"rollback_target": shared["1.1"]}, inventory=inventory)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert not pins.exists()
+    now = chat.containers()
+    assert now["worker"]["image"] == chat.image_id("1.1") and now["app"]["id"] == before["app"]["id"]
+    assert_a_plain_up_keeps_the_mix(chat, "after the full rollback")
