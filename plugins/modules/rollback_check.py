@@ -80,6 +80,15 @@ options:
     type: str
     choices: [all, config, images, artifacts]
     default: all
+  check_journal:
+    description:
+      - First look for an operation that a run left open (its journal, see M(selfhost.rollback.operation)). When
+        there is one, judge nothing and return RV(outcome=pending) with the journal in RV(pending), so that the caller
+        finishes it first and asks again; when there is none, judge as usual. The rollback role asks this way, which
+        spares a separate call before every rollback.
+      - Leave it off where the caller's own operation is open (the revert of an upgrade).
+    type: bool
+    default: false
 requirements:
   - Docker SDK for Python 7.0 or newer
   - the Compose v2 CLI plugin (C(docker compose))
@@ -107,7 +116,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 verdict:
-  description: V(ready) (images and config suffice), V(needs_data_restore) (the data must come back with the code), or V(blocked).
+  description:
+    - V(ready) (images and config suffice), V(needs_data_restore) (the data must come back with the code), or V(blocked).
+    - V(null) when O(check_journal) found an open operation (RV(outcome=pending)).
   returned: success
   type: str
   sample: needs_data_restore
@@ -121,10 +132,19 @@ reasons:
 outcome:
   description:
     - The same word as RV(verdict), for playbooks that branch on every module's C(outcome).
+    - V(pending) with O(check_journal) when an operation is still open (nothing was judged; see RV(pending)).
     - V(failed) when the check could not run (the task fails).
   returned: always
   type: str
   sample: ready
+pending:
+  description:
+    - With O(check_journal), the open journal of an operation that a run left (as M(selfhost.rollback.operation) returns
+      it), or V(null) when there is none. Whether its run is gone or still going is told by M(selfhost.rollback.operation)
+      on the control node.
+  returned: success
+  type: dict
+  sample: {"op_id": "20261207T170102Z-4b1f-rollback", "kind": "rollback", "phase": "switching", "return_to": "r-20261207T165800Z-0c1d"}
 blocking:
   description: The findings that block the rollback (empty unless RV(verdict) is V(blocked)).
   returned: success
@@ -477,6 +497,11 @@ def judge(module: AppModule) -> dict[str, t.Any]:
     app = module.app
     params = module.params
     ledger = module.ledger
+    journal = _operation.pending(ledger) if params["check_journal"] else None
+    if journal is not None:
+        said = (f"the {journal.get('kind')} {journal.get('op_id')} is still open (phase '{journal.get('phase')}'); "
+                "finish it before judging a rollback")
+        return {"changed": False, "verdict": None, "outcome": "pending", "reasons": [said], "pending": journal}
     history = releases(ledger)
     if not history:
         raise OperatorError(f"app {app['name']}: no release is recorded in {ledger.root}; record one with "
@@ -612,6 +637,7 @@ def judge(module: AppModule) -> dict[str, t.Any]:
         "compatibility": relation,
         "checks": checks,
         "table": [f"rollback of {app['name']} to {target['release_id']}: {verdict}"] + _gate.render_table(checks),
+        "pending": None,
     }
 
 
@@ -625,6 +651,7 @@ def main() -> None:
         "keep_data": {"type": "bool", "default": False},
         "services": {"type": "list", "elements": "str", "default": []},
         "scope": {"type": "str", "default": "all", "choices": list(_partial.SCOPES)},
+        "check_journal": {"type": "bool", "default": False},
     })
     module.run(judge)
 

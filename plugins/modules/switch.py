@@ -150,6 +150,28 @@ options:
     description: Seconds to wait for another run on the same app to finish.
     type: float
     default: 60
+  operation:
+    description:
+      - Open this operation's journal (see M(selfhost.rollback.operation)) as the first act of a switch back to
+        O(release), under the app's lock, so that a rollback takes one call instead of an open and a switch.
+      - The journal is written before anything changes; when another operation is still open the switch refuses
+        with one sentence and changes nothing. In check mode nothing is written.
+      - The journal stays owned by M(selfhost.rollback.operation); advance and close it there.
+    type: dict
+    suboptions:
+      kind:
+        description: The operation's kind.
+        type: str
+        choices: [rollback]
+        default: rollback
+      owner:
+        description: The run that opens it, as the P(selfhost.rollback.run_owner#lookup) lookup names it.
+        type: dict
+        required: true
+      fields:
+        description: What the journal keeps (C(return_to) is required), as O(selfhost.rollback.operation#module:fields).
+        type: dict
+        default: {}
 requirements:
   - Docker SDK for Python 7.0 or newer
   - the Compose v2 CLI plugin (C(docker compose))
@@ -182,6 +204,15 @@ EXAMPLES = r"""
     app: "{{ app }}"
     release: "{{ before.release_id }}"
     scope: config
+
+- name: Roll back in one call - open the operation's journal, then switch
+  selfhost.rollback.switch:
+    app: "{{ app }}"
+    release: "{{ before.release_id }}"
+    operation:
+      owner: "{{ query('selfhost.rollback.run_owner') | first }}"
+      fields:
+        return_to: "{{ before.release_id }}"
 
 - name: Go back without downtime for the API behind the reverse proxy (it publishes no port)
   selfhost.rollback.switch:
@@ -386,6 +417,11 @@ seconds:
   description: Time the switch took.
   returned: always
   type: float
+operation:
+  description: The journal opened by O(operation) (in check mode, the one that would be), as M(selfhost.rollback.operation) returns it.
+  returned: when O(operation) is set and the journal was opened, on a failure after that too
+  type: dict
+  sample: {"op_id": "20261207T170102Z-4b1f-rollback", "kind": "rollback", "phase": "switching", "return_to": "r-20261207T165800Z-0c1d"}
 outcome:
   description:
     - V(changed) when files were written or containers recreated or started (in check mode, would be), V(unchanged) when the
@@ -408,7 +444,7 @@ import os
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _capture, _partial, _project, _quiesce
+from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _capture, _operation, _partial, _project, _quiesce
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE, compose_variables, validate_app
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
@@ -966,9 +1002,22 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
     return result
 
 
+def open_operation(module: AppModule) -> None:
+    """Open the journal of the operation this switch begins (O(operation)), under the app's lock and before any
+    change; a failure from here on carries it, so the caller can close it."""
+    spec = module.params["operation"]
+    if not module.params["release"]:
+        raise _operation.OperationError("operation goes with release: only a switch back opens a rollback's journal")
+    with module.lock("opening the operation"):
+        module.result["operation"] = _operation.open_operation(module.ledger, spec["kind"], spec["owner"], spec["fields"] or {},
+                                                               write=not module.check_mode)
+
+
 def switch(module: AppModule) -> dict[str, t.Any]:
     began = time.monotonic()
     check_live_project(module.client, module.app)
+    if module.params["operation"]:
+        open_operation(module)
     result = switch_back(module) if module.params["release"] else switch_forward(module)
     result["seconds"] = round(time.monotonic() - began, 3)
     if not module.diff_mode:
@@ -990,6 +1039,11 @@ def main() -> None:
             "scope": {"type": "str", "default": "all", "choices": list(_partial.SCOPES)},
             "wait": {"type": "float", "default": 300},
             "lock_timeout": {"type": "float", "default": 60},
+            "operation": {"type": "dict", "options": {
+                "kind": {"type": "str", "default": "rollback", "choices": ["rollback"]},
+                "owner": {"type": "dict", "required": True},
+                "fields": {"type": "dict", "default": {}},
+            }},
         },
         errors=(PinError, *OPERATOR_FAILURES),
         mutually_exclusive=[("release", "env"), ("release", "compose_src")],
