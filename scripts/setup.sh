@@ -14,7 +14,10 @@ die() { printf '\033[31m[setup] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
   || die "Python 3.10 or newer is needed as $PYTHON; install it or set PYTHON=/path/to/python3."
 
-bash scripts/setup-host.sh
+# --venv: only the Python tools and the collection's link (what the static checks need), so that
+# `make test` can run them while the rest (engine, registry, images) is set up
+part="${1:-all}"
+[ "$part" = --venv ] || bash scripts/setup-host.sh
 
 # Python tools, reinstalled only when the pinned ranges change.
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
@@ -30,6 +33,10 @@ fi
 # The collection where Ansible looks for it: <path>/ansible_collections/selfhost/rollback.
 mkdir -p "$VENV/collections/ansible_collections/selfhost"
 ln -sfn "$ROOT" "$VENV/collections/ansible_collections/selfhost/rollback"
+if [ "$part" = --venv ]; then
+  say "ready: venv $VENV, collection selfhost.rollback -> $ROOT (engine and images not set up yet)"
+  exit 0
+fi
 
 bash scripts/build-images.sh
 bash scripts/build-real-apps.sh

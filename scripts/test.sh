@@ -2,7 +2,8 @@
 # Run the test suite: unit, integration (real engine, registry, ansible-playbook),
 # ansible-lint (profile production), ansible-test sanity, molecule.
 #   scripts/test.sh all|unit|integration|lint|sanity|molecule
-# Expects 'scripts/setup.sh' to have run (make test does both).
+# 'all' (make test) sets up everything itself; a single stage expects 'scripts/setup.sh' to
+# have run (make unit, make lint ... do both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -71,11 +72,41 @@ run_molecule() {
     && MOLECULE_PYTHON="$VENV/bin/python" molecule test -s fleet
 }
 
-stages=(unit integration lint sanity molecule)
-[ "$stage" = all ] || stages=("$stage")
-for s in "${stages[@]}"; do
-  "run_$s" || failed+=("$s")
-done
+# The whole suite (make test): the static checks need only the venv, so they run while the engine,
+# the registry and the images are set up (mostly downloads and disk), then beside the unit tests;
+# the integration tests, which fill both CPUs, start once the images are there.
+run_all() {
+  local static_log static_rc
+  bash scripts/setup.sh --venv
+  mkdir -p tests/output
+  static_log=tests/output/static-checks.log
+  static_rc=tests/output/static-checks.rc
+  rm -f "$static_rc"
+  ( rc=0; run_lint || rc=1; run_sanity || rc=$((rc | 2)); echo "$rc" >"$static_rc" ) >"$static_log" 2>&1 &
+  local static_pid=$!
+  say "set-up of the engine, registry and images (lint and sanity run meanwhile: $static_log)"
+  bash scripts/setup.sh || failed+=(setup)
+  run_unit || failed+=(unit)
+  if [[ " ${failed[*]} " != *" setup "* ]]; then run_integration || failed+=(integration); fi
+  wait "$static_pid" || true
+  say "lint and sanity (run during the set-up)"
+  cat "$static_log"
+  case "$(cat "$static_rc" 2>/dev/null || echo 3)" in
+    0) ;;
+    1) failed+=(lint) ;;
+    2) failed+=(sanity) ;;
+    *) failed+=(lint sanity) ;;
+  esac
+  run_molecule || failed+=(molecule)
+}
+
+if [ "$stage" = all ]; then
+  stages=(setup unit integration lint sanity molecule)
+  run_all
+else
+  stages=("$stage")
+  "run_$stage" || failed+=("$stage")
+fi
 if [ "${#failed[@]}" -gt 0 ]; then
   printf '\n\033[31mFAILED stages: %s\033[0m\n' "${failed[*]}"
   exit 1
