@@ -60,7 +60,7 @@ def dump_block(rng: random.Random, rows: int, start: int) -> bytes:
     out = []
     for row in range(start, start + rows):
         words = " ".join(rng.choices(WORDS, k=rng.randint(4, 12)))
-        vector = ",".join("%.4f" % rng.random() for _ in range(8))
+        vector = ",".join("%.4f" % rng.random() for _dimension in range(8))
         out.append(f"{row}\t2026-11-{1 + row % 28:02d} {row % 24:02d}:{row % 60:02d}:{row % 59:02d}+00\t{words}\t{{{vector}}}\n")
     return "".join(out).encode()
 

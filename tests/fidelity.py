@@ -231,4 +231,3 @@ def tool_differences(tool: str, expected: dict[bytes, dict], found: dict[bytes, 
             if rel in found and found[rel].get("mtime_ns") == bsdtar_time(entry["mtime_ns"]):
                 found[rel]["mtime_ns"] = entry["mtime_ns"]
     return differences(expected, found)
-

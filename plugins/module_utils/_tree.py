@@ -66,6 +66,8 @@ def xattr_name(keyword: str) -> str:
         code = part[:2].upper()
         name.append(("%" if code == "25" else "=") + part[2:] if code in ("25", "3D") else "%" + part)
     return "".join(name)
+
+
 ACL_TAGS = {0x01: "user", 0x02: "user", 0x04: "group", 0x08: "group", 0x10: "mask", 0x20: "other"}
 ACL_TAG_OF = {("user", False): 0x01, ("user", True): 0x02, ("group", False): 0x04, ("group", True): 0x08,
               ("mask", False): 0x10, ("other", False): 0x20}

@@ -159,4 +159,3 @@ def _print_profile(terminalreporter: Any) -> None:
     out = harness.REPO / "tests" / "output"
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps({"files": files, "run": whole}, indent=2))
-

@@ -99,10 +99,10 @@ def trees(draw: t.Any) -> dict[str, t.Any]:
         taken.add(path)
         return path
 
-    for _ in range(draw(st.integers(0, 4))):
+    for _directory in range(draw(st.integers(0, 4))):
         dirs.append(fresh(draw(st.sampled_from(dirs))))
     entries: list[dict[str, t.Any]] = [{"kind": "dir", "path": d} for d in dirs[1:]]
-    for _ in range(draw(st.integers(1, 7))):
+    for _entry in range(draw(st.integers(1, 7))):
         kind = draw(st.sampled_from(["file", "file", "file", "sparse", "symlink", "hardlink", "fifo"]))
         entry = {"kind": kind, "path": fresh(draw(st.sampled_from(dirs)))}
         if kind == "file":
