@@ -217,9 +217,10 @@ def validate_signals(name: str, signals: list[dict[str, t.Any]]) -> list[dict[st
     return [dict(spec) for spec in signals]
 
 
-def compose_variables(env_file: str) -> dict[str, str]:
-    """Compose's own settings (COMPOSE_FILE, COMPOSE_PROJECT_NAME...): the environment first, then the env file."""
-    values = {k: v for k, v in read_env_file(env_file).items() if k.startswith("COMPOSE_")}
+def compose_variables(env_file: str, env_values: dict[str, str] | None = None) -> dict[str, str]:
+    """Compose's own settings (COMPOSE_FILE, COMPOSE_PROJECT_NAME...): the environment first, then the env file
+    (or ``env_values``, the env file as it is about to be written)."""
+    values = {k: v for k, v in (read_env_file(env_file) if env_values is None else env_values).items() if k.startswith("COMPOSE_")}
     values.update({k: v for k, v in os.environ.items() if k.startswith("COMPOSE_")})
     return values
 

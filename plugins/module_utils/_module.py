@@ -30,6 +30,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppE
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     DOCKER_IMPORT_ERROR,
     HAS_DOCKER,
+    NAME_FROM_CONTAINERS,
     DockerException,
     OperatorError,
     adopt_live_project,
@@ -150,6 +151,16 @@ class AppModule:
             self._app = validate_app(self.params["app"], self.params.get("store"))
             self._adopt_live_project()
         return self._app
+
+    def revalidate(self) -> dict[str, t.Any]:
+        """The app definition resolved again (a switch has rewritten its compose files), keeping a project
+        name taken from the running containers: nothing on disk records it, so resolving again would
+        fall back to the default and drive another project."""
+        app = validate_app(self.params["app"], self.params.get("store"))
+        taken = self._app or {}
+        if taken.get("project_name_from") == NAME_FROM_CONTAINERS:
+            app["project_name"], app["project_name_from"] = taken["project_name"], NAME_FROM_CONTAINERS
+        return app
 
     @property
     def ledger(self) -> Ledger:

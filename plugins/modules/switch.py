@@ -445,7 +445,7 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _capture, _operation, _partial, _project, _quiesce
-from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE, compose_variables, validate_app
+from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE, compose_variables
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     OperatorError,
@@ -691,8 +691,7 @@ def images_file_change(module: AppModule, record: dict[str, t.Any], partial: dic
         held = _partial.held_by(record)
     else:
         held = dict(partial["images_file"]["services"]) if partial.get("images_file") else dict(found["held"])
-    values = dict(parse_env_text((env_text or b"").decode(errors="replace")))
-    values.update({k: v for k, v in os.environ.items() if k.startswith("COMPOSE_")})
+    values = compose_variables(app["env_file"], parse_env_text((env_text or b"").decode(errors="replace")))
     after = held_file(app, found["path"], held, values)
     before = None
     if os.path.isfile(found["path"]):
@@ -790,7 +789,7 @@ def switch_back(module: AppModule) -> dict[str, t.Any]:
         restore_pins(app, record if partial is None else mixed_pins(app, record, partial["back"]["images"]))
         if held is not None:  # pins: compose_files - the services a partial rollback holds back, or none any more
             put_file(held[0], held[2])
-        app = validate_app(module.params["app"], module.params["store"])  # the compose files may have changed
+        app = module.revalidate()  # the compose files may have changed
         config = Compose(app).config()
         if beside:
             try:
@@ -979,7 +978,7 @@ def switch_forward(module: AppModule) -> dict[str, t.Any]:
                 _project.write_project_file(os.path.join(app["project_dir"], rel), wanted[rel])
             if changed_files and module.params["unpin"]:
                 drop_pins(app)  # what pinning added, taken away, as unpin does in the files
-            app = validate_app(module.params["app"], module.params["store"])
+            app = module.revalidate()
             try:
                 if cutover:
                     if module.params["pull"]:  # while the app still runs: the cutover's downtime holds no download

@@ -168,3 +168,26 @@ def test_a_module_takes_the_name_before_anything_reads_it(tmp_path, monkeypatch,
     warnings = module.module.warnings
     assert len(warnings) == 1 and "set project_name: ai" in warnings[0]
     assert module.app is module.app  # one dict: what Compose(module.app) reads at each call
+
+
+def test_resolving_again_keeps_the_name_taken_from_the_containers(tmp_path, monkeypatch):
+    """A switch resolves the app again after writing its files; the name only the containers know must survive that."""
+    project = tmp_path / "shop"
+    project.mkdir()
+    (project / "compose.yaml").write_text("services: {}\n")
+    client = Client((labels("ai", str(project), [str(project / "compose.yaml")]), 1796000000))
+    monkeypatch.setattr(_module, "docker_client", lambda timeout=120: client)
+
+    class Module(FakeAnsibleModule):
+        params = {"app": {"name": "shop", "project_dir": str(project), "compose_files": None, "env_file": ".env"},
+                  "store": str(tmp_path / "store")}
+
+    module = AppModule({}, module_class=Module, docker=False)
+    assert module.client is client and module.app["project_name"] == "ai"
+    again = module.revalidate()
+    assert again is not module.app
+    assert (again["project_name"], again["project_name_from"]) == ("ai", NAME_FROM_CONTAINERS)
+
+    plain = AppModule({}, module_class=Module, docker=False)  # no engine: the default is resolved again as it is
+    assert plain.revalidate()["project_name"] == "shop"
+
