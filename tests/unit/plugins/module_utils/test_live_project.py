@@ -190,4 +190,3 @@ def test_resolving_again_keeps_the_name_taken_from_the_containers(tmp_path, monk
 
     plain = AppModule({}, module_class=Module, docker=False)  # no engine: the default is resolved again as it is
     assert plain.revalidate()["project_name"] == "shop"
-
