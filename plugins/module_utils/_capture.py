@@ -17,7 +17,7 @@ import shutil
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _tree
+from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _release, _tree
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, schema_version, utcnow
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, ensure_dir
 from ansible_collections.selfhost.rollback.plugins.module_utils._quiesce import Quiesce, resume_interrupted
@@ -25,7 +25,6 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._restic import R
 from ansible_collections.selfhost.rollback.plugins.module_utils._sets import (
     MANIFEST,
     MANIFEST_FORMAT,
-    current_release_id,
     new_set_id,
     partial_sets,
     set_dir,
@@ -173,7 +172,7 @@ def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: Ba
         "set_id": set_id,
         "app": app["name"],
         "project_name": app["project_name"],
-        "release_id": current_release_id(ledger),
+        "release_id": _release.current_release_id(ledger),
         "schema_version": schema,
         "created_at": iso(created),
         "finished_at": iso(finished),

@@ -223,14 +223,9 @@ def release_images(release: dict[str, t.Any]) -> dict[str, list[str]]:
     return images
 
 
-def retained_releases(ledger: Ledger, keep: int, pending: dict[str, t.Any] | None = None) -> list[str]:
-    """The newest ``keep`` releases plus the current one: what retention never touches."""
-    recorded = {name[:-len(".json")]: (ledger.read(f"releases/{name}") or {}).get("recorded_at", "")
-                for name in ledger.list("releases")}
-    current = (ledger.read("current_release.json") or {}).get("release_id")
-    if pending:
-        recorded[pending["release_id"]] = pending["recorded_at"]
-        current = pending["release_id"]
+def retained_releases(history: list[dict[str, t.Any]], keep: int, current: str | None) -> list[str]:
+    """The newest ``keep`` of ``history`` (release records) plus the current one: what retention never touches."""
+    recorded = {r["release_id"]: r.get("recorded_at", "") for r in history if r.get("release_id")}
     ids = sorted(recorded, key=lambda rid: (recorded[rid], rid))
     kept = ids[-keep:] if keep > 0 else []
     if current and current in recorded and current not in kept:
@@ -238,20 +233,14 @@ def retained_releases(ledger: Ledger, keep: int, pending: dict[str, t.Any] | Non
     return kept
 
 
-def plan_archive(ledger: Ledger, keep: int, pending: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-    """What the archive must hold for the retained releases: images to export, archives to drop.
-
-    ``pending`` is a release about to be written (check mode plans with it too).
-    """
+def plan_archive(ledger: Ledger, keep: int, history: list[dict[str, t.Any]], current: str | None) -> dict[str, t.Any]:
+    """What the archive must hold for the retained releases of ``history``: images to export, archives to drop."""
     index = read_index(ledger)
-    retained = retained_releases(ledger, keep, pending)
+    retained = retained_releases(history, keep, current)
+    by_id = {r["release_id"]: r for r in history if r.get("release_id")}
     needed: dict[str, dict[str, t.Any]] = {}
     for release_id in retained:
-        if pending and release_id == pending["release_id"]:
-            record = pending
-        else:
-            record = ledger.read(f"releases/{release_id}.json") or {}
-        for image_id, refs in release_images(record).items():
+        for image_id, refs in release_images(by_id[release_id]).items():
             entry = needed.setdefault(image_id, {"releases": [], "refs": []})
             entry["releases"].append(release_id)
             entry["refs"] += [r for r in refs if r not in entry["refs"]]

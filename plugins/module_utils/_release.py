@@ -16,7 +16,7 @@ import json
 import os
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts
+from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _images
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     Compose,
     check_live_project,
@@ -208,10 +208,62 @@ def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: li
 # --------------------------------------------------------------------------- the ledger side
 
 
+# ``releases/<id>.json`` is read and written here only.
+RELEASES = "releases"
+
+
+def record_path(ledger: Ledger, release_id: str) -> str:
+    return ledger.path(RELEASES, f"{release_id}.json")
+
+
+def read_release(ledger: Ledger, release_id: str) -> dict[str, t.Any] | None:
+    return t.cast("dict[str, t.Any] | None", ledger.read(f"{RELEASES}/{release_id}.json"))
+
+
+def has_release(ledger: Ledger, release_id: str) -> bool:
+    return ledger.exists(RELEASES, f"{release_id}.json")
+
+
+def write_release(ledger: Ledger, record: dict[str, t.Any]) -> None:
+    ledger.write(f"{RELEASES}/{record['release_id']}.json", record)
+
+
 def releases(ledger: Ledger) -> list[dict[str, t.Any]]:
     """Every release record, oldest first."""
-    records = [ledger.read(f"releases/{name}") for name in ledger.list("releases")]
+    records = [ledger.read(f"{RELEASES}/{name}") for name in ledger.list(RELEASES)]
     return sorted((r for r in records if r), key=lambda r: (r.get("recorded_at", ""), r.get("release_id", "")))
+
+
+def known_ids(ledger: Ledger, last: int = 5) -> str:
+    """The newest recorded release ids, for a sentence saying a release is unknown."""
+    return ", ".join(r["release_id"] for r in releases(ledger)[-last:] if r.get("release_id")) or "none"
+
+
+def unknown_release(app_name: str, release_id: str, ledger: Ledger) -> OperatorError:
+    return OperatorError(f"app {app_name}: release {release_id} is not in {ledger.path(RELEASES)}; recorded releases: "
+                         f"{known_ids(ledger)} (list them with selfhost.rollback.release_info)")
+
+
+def refresh_archived(ledger: Ledger) -> None:
+    """Keep each release's ``images_archived`` in step with the archive index."""
+    for record in releases(ledger):
+        archived = archived_images(ledger, record)
+        if record.get("images_archived") != archived:
+            record["images_archived"] = archived
+            write_release(ledger, record)
+
+
+def plan_archive(ledger: Ledger, keep: int, pending: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+    """What the image archive must hold for the newest ``keep`` releases and the current one.
+
+    ``pending`` is a release about to be recorded (and made current); check mode plans with it too.
+    """
+    history = [r for r in releases(ledger) if not pending or r.get("release_id") != pending["release_id"]]
+    current = current_release_id(ledger)
+    if pending:
+        history.append(pending)
+        current = pending["release_id"]
+    return _images.plan_archive(ledger, keep, history, current)
 
 
 def find_by_digest(ledger: Ledger, digest: str) -> dict[str, t.Any] | None:
@@ -220,7 +272,8 @@ def find_by_digest(ledger: Ledger, digest: str) -> dict[str, t.Any] | None:
 
 
 def current_release_id(ledger: Ledger) -> str | None:
-    return (ledger.read(CURRENT) or {}).get("release_id")
+    record = ledger.read(CURRENT)
+    return record.get("release_id") if isinstance(record, dict) else None
 
 
 def build_record(app_name: str, state: dict[str, t.Any], existing: dict[str, t.Any] | None) -> dict[str, t.Any]:

@@ -14,7 +14,8 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, parse_iso
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
-from ansible_collections.selfhost.rollback.plugins.module_utils._sets import current_release_id, is_verified
+from ansible_collections.selfhost.rollback.plugins.module_utils import _release
+from ansible_collections.selfhost.rollback.plugins.module_utils._sets import is_verified
 
 
 def parse_duration(text: str) -> datetime.timedelta:
@@ -63,14 +64,13 @@ def prune_plan(sets: list[dict[str, t.Any]], releases: set[str], keep_last: int 
 def retained_releases(ledger: Ledger) -> tuple[set[str], set[str]]:
     """Release ids that still have a record, and set ids any release record names."""
     releases, pinned = set(), set()
-    for name in ledger.list("releases"):
-        record = ledger.read(f"releases/{name}") or {}
-        releases.add(record.get("release_id") or name[:-len(".json")])
+    for record in _release.releases(ledger):
+        releases.add(record["release_id"])
         for key in ("backup_set", "backup_sets"):
             value = record.get(key)
             for set_id in ([value] if isinstance(value, str) else value or []):
                 pinned.add(set_id)
-    current = current_release_id(ledger)
+    current = _release.current_release_id(ledger)
     if current:
         releases.add(current)
     return releases, pinned

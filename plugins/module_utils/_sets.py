@@ -118,13 +118,6 @@ def load_set(ledger: Ledger, set_id: str | None) -> dict[str, t.Any]:
     raise OperatorError(f"app {ledger.app}: there is no backup set {set_id} in {ledger.path('backups')}")
 
 
-def current_release_id(ledger: Ledger) -> str | None:
-    record = ledger.read("current_release.json")
-    if isinstance(record, dict):
-        return record.get("release_id")
-    return None
-
-
 def record_verification(ledger: Ledger, set_id: str, kind: str, checks: list[dict[str, t.Any]],
                         started_at: str, duration: float) -> dict[str, t.Any]:
     failures = [f for check in checks for f in check["failures"]]

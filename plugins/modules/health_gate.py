@@ -289,6 +289,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
     state_failed,
     state_ok,
 )
+from ansible_collections.selfhost.rollback.plugins.module_utils import _release
 from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import Exec
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import (
     judge,
@@ -373,7 +374,7 @@ def gate(module: AppModule) -> dict[str, t.Any]:
     if params["probes"] < 1:
         raise OperatorError(f"app {name}: probes must be at least 1")
     ledger = module.ledger
-    baseline_name = params["baseline"] or (ledger.read("current_release.json") or {}).get("release_id") or "current"
+    baseline_name = params["baseline"] or _release.current_release_id(ledger) or "current"
     if "/" in baseline_name or baseline_name.startswith("."):
         raise OperatorError(f"app {name}: baseline name {baseline_name!r} is not usable as a file name")
     config = Compose(app).config()

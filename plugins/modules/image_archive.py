@@ -179,13 +179,19 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
     apply_archive,
     archive_changes,
     load,
-    plan_archive,
     plan_load,
     run_reference,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, replace_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
-from ansible_collections.selfhost.rollback.plugins.module_utils._release import CURRENT, archived_images, current_release_id
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import (
+    CURRENT,
+    current_release_id,
+    plan_archive,
+    read_release,
+    refresh_archived,
+    unknown_release,
+)
 
 
 def keep_archive(module: AppModule, app: dict[str, t.Any], ledger: Ledger) -> dict[str, t.Any]:
@@ -198,12 +204,7 @@ def keep_archive(module: AppModule, app: dict[str, t.Any], ledger: Ledger) -> di
         with module.lock("archiving images"):
             plan = plan_archive(ledger, keep)
             done = apply_archive(client, docker_cli(), ledger, plan)
-            for name in ledger.list("releases"):
-                record = ledger.read(f"releases/{name}")
-                archived = archived_images(ledger, record)
-                if record.get("images_archived") != archived:
-                    record["images_archived"] = archived
-                    ledger.write(f"releases/{name}", record)
+            refresh_archived(ledger)
         result = dict(done, retained_releases=plan["retained"])
     return dict(result, changed=changed)
 
@@ -213,10 +214,9 @@ def load_release(module: AppModule, app: dict[str, t.Any], ledger: Ledger) -> di
     if not release_id:
         raise OperatorError(f"app {app['name']}: no release_id given and {ledger.path(CURRENT)} does not exist; "
                             "record a release first (selfhost.rollback.release) or name one")
-    record = ledger.read(f"releases/{release_id}.json")
+    record = read_release(ledger, release_id)
     if record is None:
-        raise OperatorError(f"app {app['name']}: release {release_id} is not in {ledger.path('releases')}; "
-                            "list the releases with selfhost.rollback.release_info")
+        raise unknown_release(app["name"], release_id, ledger)
     client = module.client
     rows = plan_load(client, ledger, record, module.params["pull"])
     missing = [r for r in rows if r["source"] in ("missing", "unknown")]

@@ -188,19 +188,24 @@ import os
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, docker_cli, iso, secret_values
-from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes, plan_archive
+from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _operation, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import (
     CURRENT,
-    archived_images,
     build_record,
     content_digest,
     current_release_id,
     find_by_digest,
+    has_release,
+    plan_archive,
+    read_release,
     read_salt,
+    record_path,
+    refresh_archived,
     running_state,
+    write_release,
     write_salt,
 )
 
@@ -255,8 +260,8 @@ def record_release(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]
             again = find_by_digest(ledger, digest)
             if again is not None and again["release_id"] != release_id:
                 record, release_id = again, again["release_id"]
-            if not ledger.exists("releases", f"{release_id}.json"):
-                ledger.write(f"releases/{release_id}.json", record)
+            if not has_release(ledger, release_id):
+                write_release(ledger, record)
             if current_release_id(ledger) != release_id:
                 ledger.write(CURRENT, {"release_id": release_id, "updated_at": iso()})
             _operation.note_recorded(ledger, release_id)
@@ -268,25 +273,13 @@ def record_release(module: AppModule, app: dict[str, t.Any]) -> dict[str, t.Any]
                 plan = plan_archive(ledger, params["keep_releases"])
                 done = apply_archive(client, docker_cli(), ledger, plan)
                 archive = dict(done, retained_releases=plan["retained"])
-            _refresh_archived(ledger)
-            record = ledger.read(f"releases/{release_id}.json")
+            refresh_archived(ledger)
+            record = read_release(ledger, release_id)
     elif plan is not None:
         archive = {"exported": plan["export"], "removed": plan["remove"] + plan["stray"], "retained_releases": plan["retained"]}
 
     return {"changed": bool(actions), "release_id": release_id, "created": existing is None, "release": record,
-            "record_path": ledger.path("releases", f"{release_id}.json"), "actions": actions, "archive": archive}
-
-
-def _refresh_archived(ledger: Ledger) -> None:
-    """Keep each release's ``images_archived`` in step with the archive index."""
-    for name in ledger.list("releases"):
-        record = ledger.read(f"releases/{name}")
-        if record is None:
-            continue
-        archived = archived_images(ledger, record)
-        if record.get("images_archived") != archived:
-            record["images_archived"] = archived
-            ledger.write(f"releases/{name}", record)
+            "record_path": record_path(ledger, release_id), "actions": actions, "archive": archive}
 
 
 def _local_image_warnings(record: dict[str, t.Any], archiving: bool) -> list[str]:

@@ -460,7 +460,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import PinError, unpin_text
-from ansible_collections.selfhost.rollback.plugins.module_utils._release import read_salt
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import read_release, read_salt, unknown_release
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 
@@ -724,10 +724,9 @@ def outside(client: t.Any, app: dict[str, t.Any], config: dict[str, t.Any]) -> l
 def switch_back(module: AppModule) -> dict[str, t.Any]:
     app, ledger, client = module.app, module.ledger, module.client
     release_id = module.params["release"]
-    record = ledger.read(os.path.join("releases", release_id + ".json"))
+    record = read_release(ledger, release_id)
     if record is None:
-        known = ", ".join(n[:-5] for n in ledger.list("releases")[-5:]) or "none"
-        raise OperatorError(f"app {app['name']}: release {release_id} is not in the ledger; recorded releases: {known}")
+        raise unknown_release(app["name"], release_id, ledger)
     wanted, warning = _project.release_files(ledger, app, record)
     if warning:
         module.warn(warning)

@@ -12,7 +12,6 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
     archive_changes,
     familiar_name,
     pinned_reference,
-    plan_archive,
     repo_digest_for,
     retained_releases,
     split_reference,
@@ -23,7 +22,9 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._release import 
     content_digest,
     ensure_salt,
     fingerprint,
+    plan_archive,
     release_id_for,
+    releases,
 )
 from ansible_collections.selfhost.rollback.plugins.module_utils._artifacts import tree_digest
 
@@ -125,9 +126,11 @@ def test_retention_keeps_the_newest_and_the_current_release(tmp_path):
     for n in range(5):
         write_release(ledger, f"r-{n}", f"2030-01-0{n + 1}T00:00:00Z", [f"sha256:{n}"])
     ledger.write("current_release.json", {"release_id": "r-0"})
-    assert retained_releases(ledger, 2) == ["r-3", "r-4", "r-0"]
+    assert retained_releases(releases(ledger), 2, "r-0") == ["r-3", "r-4", "r-0"]
+    assert plan_archive(ledger, 2)["retained"] == ["r-3", "r-4", "r-0"]
     pending = {"release_id": "r-5", "recorded_at": "2030-01-09T00:00:00Z", "services": {}}
-    assert retained_releases(ledger, 2, pending) == ["r-4", "r-5"]
+    assert plan_archive(ledger, 2, pending)["retained"] == ["r-4", "r-5"]
+    assert retained_releases(releases(ledger), 0, "r-gone") == []
 
 
 def test_an_archive_a_retained_release_needs_is_never_planned_for_removal(tmp_path):
