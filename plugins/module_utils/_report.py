@@ -159,9 +159,8 @@ def _app_model(app: dict[str, t.Any], now: datetime.datetime, stale_days: float,
             "window": window(release, releases, keep_releases),
             "releases_left": releases_left(release, releases, keep_releases),
         })
-    # "previous" is the ledger's (the app's release history, as rollback and drill read it)
-    previous = next((p for p in points if p["release_id"] == app.get("previous_release")), None) \
-        if "previous_release" in app else next((p for p in points if not p["current"]), None)
+    # "previous" has one meaning, _operation's (ledger_info reports it as previous_release)
+    previous = next((p for p in points if p["release_id"] == app.get("previous_release")), None)
     decisive = previous or (points[0] if points else None)
     events = ([{"kind": "release", "at": r.get("recorded_at"), "label": r.get("version") or r.get("release_id"),
                 "current": bool(r.get("current"))} for r in releases]

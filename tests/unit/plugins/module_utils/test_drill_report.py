@@ -103,7 +103,7 @@ def test_image_marks(sources, mark):
 
 def ledger(drills):
     return [{"host": "h1", "collected_at": "2026-11-22T03:00:00Z", "apps": [{
-        "name": "notes", "current_release": "r2",
+        "name": "notes", "current_release": "r2", "previous_release": "r1",
         "releases": [{"release_id": "r1", "recorded_at": "2026-11-20T00:00:00Z", "current": False, "images": {"app": "local"}},
                      {"release_id": "r2", "recorded_at": "2026-11-21T00:00:00Z", "current": True, "images": {"app": "local"}}],
         "sets": [{"set_id": "b-1", "release_id": "r1", "created_at": "2026-11-20T00:00:00Z", "verified": True}],
@@ -149,3 +149,12 @@ def test_metrics_carry_the_report_figures_and_a_declared_app_without_a_ledger_is
     assert values['selfhost_rollback_drill_time_to_healthy_seconds{app="notes",host="h1"}'] == 6
     assert values['selfhost_rollback_window_releases_left{app="notes",host="h1"}'] == 2
     assert "# TYPE selfhost_rollback_app_mark gauge" in text and text.endswith("\n")
+
+
+def test_the_rollback_target_is_the_ledgers_previous_release_only():
+    hosts = ledger([drill(True, 1)])
+    hosts[0]["apps"][0]["previous_release"] = None
+    app = _report.restore_points(hosts, NOW, 7, 3)["hosts"][0]["apps"][0]
+    assert app["rollback_to"] is None and "nothing to roll back to" in app["note"]
+    del hosts[0]["apps"][0]["previous_release"]
+    assert _report.restore_points(hosts, NOW, 7, 3)["hosts"][0]["apps"][0]["rollback_to"] is None
