@@ -377,6 +377,22 @@ def resolve_target(ledger: Ledger, target: str, live: str | None) -> dict[str, t
 # --------------------------------------------------------------------------- sentences
 
 
+def result_of(record: dict[str, t.Any]) -> dict[str, t.Any]:
+    """What a closed operation gives the playbook: its outcome, the releases on each side, and why.
+
+    The roles keep this as the app's result (``upgrade_result``), so they never restate the journal.
+    """
+    outcome = record.get("outcome")
+    reasons = [str(record[key]) for key in ("failure", "revert_failure") if record.get(key)]
+    result: dict[str, t.Any] = {"app": record.get("app"), "outcome": outcome, "op_id": record.get("op_id"),
+                                "release_before": record.get("release_before"),
+                                "release_after": record.get("release_after") if outcome not in FAILED else None,
+                                "reasons": reasons}
+    if outcome in GOES_BACK:
+        result.update(data_restored=record.get("data_restored"), lost=record.get("lost"))
+    return result
+
+
 def failure_sentence(record: dict[str, t.Any]) -> str:
     """What a closed operation that did not go as planned tells the operator: what happened, what to do."""
     app, kind, outcome = record.get("app"), record.get("kind"), record.get("outcome")

@@ -192,6 +192,42 @@ operation:
       description: Figures from O(fields), and once closed C(seconds), how long the whole operation took.
       type: dict
       returned: once closed, or when given in O(fields)
+result:
+  description:
+    - For O(state=close), the app's result as a playbook keeps it (the upgrade role's C(upgrade_result)), built from the
+      closed record so that no role restates it.
+  returned: after O(state=close)
+  type: dict
+  contains:
+    app:
+      description: The app's name.
+      type: str
+    outcome:
+      description: How the operation ended (see O(outcome)).
+      type: str
+    op_id:
+      description: The operation's id.
+      type: str
+    release_before:
+      description: The release that ran before it (from O(fields)).
+      type: str
+    release_after:
+      description: The release that runs after it; null when it ended as a failure.
+      type: str
+    reasons:
+      description: Why it did not go as planned, from the C(failure) and C(revert_failure) fields; empty otherwise.
+      type: list
+      elements: str
+    data_restored:
+      description: The backup set that came back with the code, or null (when it went back).
+      type: str
+      returned: when the operation went back (V(reverted), V(rolled_back), V(recovered))
+    lost:
+      description: What the restore lost (when it went back).
+      type: str
+      returned: when the operation went back
+  sample: {"app": "notes", "outcome": "reverted", "op_id": "20261122T020705Z-upgrade", "release_before": "r-20261122T020705Z-3f9a61c2",
+           "release_after": "r-20261122T020705Z-3f9a61c2", "reasons": ["health gate: error rate 0.4 > 0.05"], "data_restored": null, "lost": null}
 pending:
   description: The open journal, for O(state=inspect); null when none is open.
   returned: always
@@ -359,8 +395,11 @@ def transition(module: AppModule, ledger: Ledger) -> dict[str, t.Any]:
             raise _operation.OperationError("state=close needs outcome")
         record = _operation.close(ledger, params["op_id"], owner, params["outcome"], fields, write)
     reasons = [r for r in (record.get("reasons") or []) if isinstance(r, str)]
-    return {"changed": True, "outcome": record.get("outcome") or record["phase"], "reasons": reasons,
-            "operation": record, "pending": None if state == "close" else record}
+    result = {"changed": True, "outcome": record.get("outcome") or record["phase"], "reasons": reasons,
+              "operation": record, "pending": None if state == "close" else record}
+    if state == "close":
+        result["result"] = _operation.result_of(record)
+    return result
 
 
 def operate(module: AppModule) -> dict[str, t.Any]:

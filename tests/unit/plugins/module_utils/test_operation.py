@@ -183,3 +183,21 @@ def test_a_malformed_journal_or_history_is_named(ledger):
     ledger.write("history.json", {"events": "nope"})
     with pytest.raises(_operation.OperationError, match="is not a release history"):
         _operation.history(ledger)
+
+
+@pytest.mark.parametrize("outcome, fields, expected", [
+    ("upgraded", {"release_after": "B"},
+     {"outcome": "upgraded", "release_before": "A", "release_after": "B", "reasons": []}),
+    ("reverted", {"failure": "health gate: error rate 0.4", "release_after": "A", "data_restored": "b-1", "lost": "3 rows"},
+     {"outcome": "reverted", "release_before": "A", "release_after": "A", "reasons": ["health gate: error rate 0.4"],
+      "data_restored": "b-1", "lost": "3 rows"}),
+    ("reverted", {"failure": "boom", "release_after": "A", "data_restored": None, "lost": None},
+     {"outcome": "reverted", "release_before": "A", "release_after": "A", "reasons": ["boom"], "data_restored": None, "lost": None}),
+    ("revert_failed", {"failure": "boom", "revert_failure": "the revert's gate failed", "release_after": "B"},
+     {"outcome": "revert_failed", "release_before": "A", "release_after": None, "reasons": ["boom", "the revert's gate failed"]}),
+])
+def test_the_close_builds_the_playbooks_result(ledger, outcome, fields, expected):
+    record_release(ledger, "A", "2026-01-01T00:00:00Z")
+    op = _operation.open_operation(ledger, "upgrade", ME, {"release_before": "A", "return_to": "A"})
+    result = _operation.result_of(_operation.close(ledger, None, ME, outcome, fields))
+    assert result == dict(expected, app="notes", op_id=op["op_id"])
