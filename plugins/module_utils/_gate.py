@@ -191,6 +191,181 @@ def render_table(checks: list[dict[str, t.Any]]) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- the gate's checks
+#
+# rollback_check gathers the facts (releases, live state, backup sets, what a restore would
+# discard, free space) and each function below turns some of them into one check, ``check()``'s
+# shape. Whether the data must come back is decided in two steps: ``schema_check`` says when no
+# backup set has to be looked at (None when the data may have to come back), then, given the
+# candidates, the chosen set and what restoring it would discard, ``restore_check`` says which.
+
+
+def check(level: str, name: str, detail: str, **data: t.Any) -> dict[str, t.Any]:
+    return {"check": name, "level": level, "detail": detail, **data}
+
+
+def release_check(target_id: str, target_is_live: bool) -> dict[str, t.Any] | None:
+    """The ``release`` check, only when the target is what runs now."""
+    return check("ok", "release", f"{target_id} is what runs now; nothing to roll back") if target_is_live else None
+
+
+def images_check(rows: list[dict[str, t.Any]]) -> dict[str, t.Any]:
+    """Where each image of the target is (``rows``, each with ``service``, ``ref`` and ``source``); a missing one blocks."""
+    missing = [r for r in rows if r["source"] in ("missing", "unknown")]
+    sources = ", ".join(f"{r['service']} {r['source']}" for r in rows)
+    if missing:
+        names = ", ".join(f"{r['service']} ({r['ref']})" for r in missing)
+        return check("block", "images", f"not available anywhere: {names}; they are not on this engine, not in the image archive "
+                                        "and not pullable", rows=rows)
+    return check("ok", "images", f"all available: {sources}", rows=rows)
+
+
+def part_check(partial: dict[str, t.Any], services: list[str]) -> dict[str, t.Any]:
+    """A partial rollback's plan (``_partial.plan`` or ``_partial.artifacts_part``) as the ``part`` check."""
+    what = f"scope {partial['scope']}" + (f", services {', '.join(partial['services'] or services)}" if services else "")
+    if partial["blocking"]:
+        return check("block", "part", f"{what}: " + "; ".join(partial["blocking"]))
+    told = partial["partners"] + partial["actions"] + partial.get("by_hand", [])
+    return check("ok" if not partial.get("by_hand") else "warn", "part", f"{what}: " + ("; ".join(told) or "nothing differs"))
+
+
+def data_unknown(relation: str, target_is_live: bool) -> bool:
+    """Whether the schemas cannot tell if the target's code reads today's data (and there is something to roll back).
+
+    Unknown is not safe: data that changed since a set taken under the target comes back with
+    the code, unless the operator keeps it (keep_data).
+    """
+    return relation == "unknown" and not target_is_live
+
+
+def schema_check(relation: str, why: str, schema: dict[str, t.Any], target_id: str, unknown: bool, keep_data: bool,
+                 scope: str = "all", back_images: list[str] | None = None) -> dict[str, t.Any] | None:
+    """The ``schema`` check when no backup set has to be looked at; None when the data may have to come back.
+
+    ``back_images`` is, for a partial rollback, the services whose images come back (None for a
+    whole rollback): a partial rollback never restores data, so it blocks where the data may have
+    to come back. ``schema`` is the check's data (``live`` and ``target`` schema versions).
+    """
+    may_need_data = relation == "older_code" or (unknown and not keep_data)
+    if back_images is not None and (scope in ("config", "artifacts") or not back_images):
+        return check("ok", "schema", f"the code stays as it runs ({'only ' + scope if scope != 'all' else 'no image'} "
+                     "comes back), so the data stays too", **schema)
+    if back_images is not None and may_need_data:
+        return check("block", "schema", f"{why}; a partial rollback leaves the data as it is, so "
+                     f"{', '.join(back_images)} cannot go back to code that may need older data: roll back the "
+                     "whole app (without rollback_services and rollback_scope)"
+                     + (", or keep today's data with -e rollback_keep_data=true" if unknown else ""), **schema)
+    if may_need_data:
+        return None
+    if unknown:
+        return check("warn", "schema", f"{why}; today's data is kept as asked (keep_data), although whether "
+                     f"{target_id} can read it is unknown", keep_data=True, **schema)
+    return check("ok" if relation != "unknown" else "warn", "schema", why, **schema)
+
+
+def choose_set(candidates: list[dict[str, t.Any]], verified: t.Callable[[dict[str, t.Any]], bool]) -> dict[str, t.Any] | None:
+    """The set that would bring the data back: the newest verified candidate (``restore_candidates``)."""
+    return next((entry for entry in candidates if verified(entry)), None)
+
+
+def restore_check(why: str, schema: dict[str, t.Any], target_id: str, unknown: bool, candidates: list[dict[str, t.Any]],
+                  chosen: dict[str, t.Any] | None, loss: dict[str, t.Any] | None,
+                  summary: dict[str, t.Any] | None) -> tuple[dict[str, t.Any], dict[str, t.Any] | None]:
+    """The ``schema`` check when the data may have to come back, and the restore set (None when the data stays).
+
+    ``chosen`` is ``choose_set``'s answer; ``loss`` what restoring it would discard (the restore
+    module's ``lost``) and ``summary`` the set's summary (``_sets.summarize``), both None without a
+    chosen set. With an unknown schema, data that did not change since the chosen set stays.
+    """
+    if chosen is None or loss is None or summary is None:
+        if unknown:
+            return check("warn", "schema", f"{why}, and no verified backup set was taken under {target_id}: "
+                         "today's data stays, and whether that release can read it is unknown", **schema), None
+        unverified = [e["set_id"] for e in candidates]
+        return check("block", "schema", f"{why}, and no verified backup set taken under {target_id} (or on a schema it runs on) exists"
+                     + (f"; {', '.join(unverified)} exist but did not pass verification" if unverified else "")
+                     + "; the data cannot be brought back with the code", **schema), None
+    taken = f"taken {human_age(loss['seconds'])} ago under {summary['release_id']}"
+    if unknown and not loss["changed"]:
+        return check("warn", "schema", f"{why}; the data has not changed since verified set "
+                     f"{chosen['set_id']} ({taken}), so it stays", **schema), None
+    lead = (f"{why}, so whether {target_id} can read today's data is unknown, and the data changed since "
+            f"verified set {chosen['set_id']} ({taken}); it comes back with the code (keep today's data "
+            "instead with keep_data, -e rollback_keep_data=true)") if unknown else \
+        f"{why}; restore verified set {chosen['set_id']} ({taken})"
+    restore_set = {"set_id": chosen["set_id"], "created_at": summary["created_at"], "age_s": loss["seconds"],
+                   "release_id": summary["release_id"], "schema_version": summary["schema_version"], "bytes": summary["bytes"]}
+    return check("restore", "schema", f"{lead}; lost: {loss['summary']}", **schema), restore_set
+
+
+def window_check(entry: dict[str, t.Any], sets: list[dict[str, t.Any]], keep_last: int | None,
+                 keep_within_s: int | None) -> dict[str, t.Any]:
+    """When the retention rules will prune the restore point; warns when the next backup does."""
+    window = window_closes(entry, sets, keep_last, keep_within_s)
+    parts = []
+    if "removed_after_sets" in window:
+        parts.append(f"pruned after {window['removed_after_sets']} more backup(s)")
+    if "removed_after" in window:
+        parts.append(f"pruned after {window['removed_after']}")
+    return check("warn" if window.get("removed_after_sets") == 1 else "ok", "window",
+                 "restore point " + ("; ".join(parts) if parts else "kept until retention rules are given"), **window)
+
+
+def runtime_check(target: dict[str, t.Any], live: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The ``runtime`` check: the worst of ``runtime_findings``."""
+    findings = runtime_findings(target, live)
+    worst = "block" if any(f[0] == "block" for f in findings) else "warn" if any(f[0] == "warn" for f in findings) else "ok"
+    return check(worst, "runtime", "; ".join(f[1] for f in findings) or "no runtime recorded")
+
+
+def locks_check(services: dict[str, dict[str, t.Any]], groups: list[list[str]], partial: bool = False) -> dict[str, t.Any] | None:
+    """The ``version locks`` check (None without locks); a partial plan has already added the partners, so it is not judged again."""
+    violations = [] if partial else lock_violations(services, groups)
+    if violations:
+        return check("block", "version locks", "; ".join(violations))
+    if groups:
+        return check("ok", "version locks", f"{len(groups)} group(s) run one version each in the target")
+    return None
+
+
+def drift_check(target: dict[str, str], live: dict[str, str]) -> dict[str, t.Any]:
+    """The ``config drift`` check from the two config fingerprints (keys only in the sentences)."""
+    drift = config_drift(target, live)
+    if not any(drift.values()):
+        return check("ok", "config drift", "same keys and values as the target", **drift)
+    parts = []
+    if drift["missing_now"]:
+        parts.append(f"the target had {', '.join(drift['missing_now'])}, missing now: put them back in the env file or it may not boot")
+    if drift["added_since"]:
+        parts.append(f"added since: {', '.join(drift['added_since'])}")
+    if drift["changed"]:
+        parts.append(f"other values now: {', '.join(drift['changed'])}")
+    return check("warn", "config drift", "; ".join(parts), **drift)
+
+
+def restore_bytes(entry: dict[str, t.Any], margin: float) -> int:
+    """Bytes a restore of ``entry`` needs: its unpacked size times ``margin``."""
+    return int(sum(int(i.get("raw_bytes") or i.get("bytes") or 0) for i in entry["manifest"].get("items", [])) * margin)
+
+
+def space_check(needed: int | None, path: str = "", free: int = 0) -> dict[str, t.Any]:
+    """The ``space`` check: ``needed`` bytes (None when no data comes back) against ``free`` bytes under ``path``."""
+    if needed is None:
+        return check("ok", "space", "no data restore needed")
+    detail = f"{free // 1048576} MB free under {path}, {needed // 1048576} MB needed to restore"
+    if free < needed:
+        return check("block", "space", f"not enough space: {detail}; free space before rolling back", free=free, needed=needed)
+    return check("ok", "space", detail, free=free, needed=needed)
+
+
+def verdict_of(checks: list[dict[str, t.Any]]) -> dict[str, t.Any]:
+    """The verdict of ``checks`` with the sentences that are not plain ok (``reasons``) and those that block."""
+    verdict = decide(checks)
+    return {"verdict": verdict, "outcome": verdict,
+            "reasons": [f"{c['check']}: {c['detail']}" for c in checks if c["level"] != "ok"],
+            "blocking": [f"{c['check']}: {c['detail']}" for c in checks if c["level"] == "block"]}
+
+
 # --------------------------------------------------------------------------- migration notes
 
 

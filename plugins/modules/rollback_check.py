@@ -404,15 +404,20 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._common import D
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
-from ansible_collections.selfhost.rollback.plugins.module_utils._release import content_digest, read_salt, releases, running_state
-
-
-def check(level: str, name: str, detail: str, **data: t.Any) -> dict[str, t.Any]:
-    return {"check": name, "level": level, "detail": detail, **data}
+from ansible_collections.selfhost.rollback.plugins.module_utils._release import (
+    content_digest,
+    find_by_digest,
+    known_ids,
+    read_salt,
+    releases,
+    running_state,
+    unknown_release,
+)
 
 
 def image_check(client: t.Any, ledger: Ledger, target: dict[str, t.Any], allow_pull: bool,
                 only: list[str] | None = None) -> dict[str, t.Any]:
+    """Where each image of the target is: on the engine, in the archive, or served by its registry (asked)."""
     rows = [r for r in plan_load(client, ledger, target, allow_pull) if only is None or r["service"] in only]
     for row in rows:
         if row["source"] == "registry":
@@ -421,13 +426,7 @@ def image_check(client: t.Any, ledger: Ledger, target: dict[str, t.Any], allow_p
             except DockerException:
                 archive = _archive_for(ledger, row["image_id"])
                 row.update({"source": "archive", "archive": archive} if archive else {"source": "missing"})
-    missing = [r for r in rows if r["source"] in ("missing", "unknown")]
-    sources = ", ".join(f"{r['service']} {r['source']}" for r in rows)
-    if missing:
-        names = ", ".join(f"{r['service']} ({r['ref']})" for r in missing)
-        return check("block", "images", f"not available anywhere: {names}; they are not on this engine, not in the image archive "
-                                        "and not pullable", rows=rows)
-    return check("ok", "images", f"all available: {sources}", rows=rows)
+    return _gate.images_check(rows)
 
 
 def _archive_for(ledger: Ledger, image_id: str) -> str | None:
@@ -444,59 +443,68 @@ def lost_by(client: t.Any, app: dict[str, t.Any], entry: dict[str, t.Any]) -> di
     return _restore.what_is_lost(app, client, _restore.plan_restore(app, app, client, entry), entry)
 
 
-def window_of(entry: dict[str, t.Any], sets: list[dict[str, t.Any]], keep_last: int | None, keep_within: int | None) -> dict[str, t.Any]:
-    """When the retention rules will prune the restore point."""
-    window = _gate.window_closes(entry, sets, keep_last, keep_within)
-    parts = []
-    if "removed_after_sets" in window:
-        parts.append(f"pruned after {window['removed_after_sets']} more backup(s)")
-    if "removed_after" in window:
-        parts.append(f"pruned after {window['removed_after']}")
-    return check("warn" if window.get("removed_after_sets") == 1 else "ok", "window",
-                 "restore point " + ("; ".join(parts) if parts else "kept until retention rules are given"), **window)
-
-
 def space_check(client: t.Any, ledger: Ledger, entry: dict[str, t.Any] | None, margin: float) -> dict[str, t.Any]:
+    """Free space where the engine keeps its data, against what restoring ``entry`` needs (nothing asked without one)."""
     if entry is None:
-        return check("ok", "space", "no data restore needed")
-    needed = int(sum(int(i.get("raw_bytes") or i.get("bytes") or 0) for i in entry["manifest"].get("items", [])) * margin)
+        return _gate.space_check(None)
     root = client.info().get("DockerRootDir") or "/var/lib/docker"
     path = root if os.path.isdir(root) else ledger.root
-    free = shutil.disk_usage(path).free
-    detail = f"{free // 1048576} MB free under {path}, {needed // 1048576} MB needed to restore"
-    if free < needed:
-        return check("block", "space", f"not enough space: {detail}; free space before rolling back", free=free, needed=needed)
-    return check("ok", "space", detail, free=free, needed=needed)
+    return _gate.space_check(_gate.restore_bytes(entry, margin), path, shutil.disk_usage(path).free)
 
 
-def part_check(module: AppModule, target: dict[str, t.Any], live: dict[str, t.Any], checks: list[dict[str, t.Any]]) -> dict[str, t.Any]:
-    """The partial rollback's plan (``_partial.plan``, or ``_artifacts.plan`` for scope artifacts) as one check."""
+def part_plan(module: AppModule, target: dict[str, t.Any], live: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The partial rollback's plan (``_partial.plan``, or ``_artifacts.plan`` for scope artifacts)."""
     app, ledger, params = module.app, module.ledger, module.params
     if params["scope"] == "artifacts":
-        partial = _partial.artifacts_part(target, _artifacts.plan_now(app, ledger, target))
-    else:
-        files, _warning = _project.release_files(ledger, app, target)
-        images = {n: {"image_ref": s.get("image_ref"), "image_id": s.get("image_id")} for n, s in (live.get("services") or {}).items()}
-        held = _partial.images_file_of(app, ledger.path(PINS_FILE))
-        structure = (live.get("compose") or {}).get("config") or {}
-        if held and held["held"]:  # what runs is merged with the images file; the plan reads the lines of the project's own files
-            structure = _partial.project_structure(app, read_salt(ledger) or b"", secret_values(app))
-        partial = _partial.plan(app, target, files, _project.read_files(_project.project_files(app)), structure, images,
-                                params["services"], params["scope"], os.environ, held)
-        partial.pop("files")
-    what = f"scope {partial['scope']}" + (f", services {', '.join(partial['services'] or params['services'])}" if params["services"] else "")
-    if partial["blocking"]:
-        checks.append(check("block", "part", f"{what}: " + "; ".join(partial["blocking"])))
-    else:
-        told = partial["partners"] + partial["actions"] + partial.get("by_hand", [])
-        checks.append(check("ok" if not partial.get("by_hand") else "warn", "part", f"{what}: " + ("; ".join(told) or "nothing differs")))
+        return _partial.artifacts_part(target, _artifacts.plan_now(app, ledger, target))
+    files, _warning = _project.release_files(ledger, app, target)
+    images = {n: {"image_ref": s.get("image_ref"), "image_id": s.get("image_id")} for n, s in (live.get("services") or {}).items()}
+    held = _partial.images_file_of(app, ledger.path(PINS_FILE))
+    structure = (live.get("compose") or {}).get("config") or {}
+    if held and held["held"]:  # what runs is merged with the images file; the plan reads the lines of the project's own files
+        structure = _partial.project_structure(app, read_salt(ledger) or b"", secret_values(app))
+    partial = _partial.plan(app, target, files, _project.read_files(_project.project_files(app)), structure, images,
+                            params["services"], params["scope"], os.environ, held)
+    partial.pop("files")
     return partial
 
 
-def judge(module: AppModule) -> dict[str, t.Any]:
-    app = module.app
+def resolve(module: AppModule, history: list[dict[str, t.Any]], live_id: str | None) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+    """How ``target`` resolves (``_operation.resolve_target``) and the release record it names."""
+    app, ledger, requested = module.app, module.ledger, module.params["target"]
+    resolved = _operation.resolve_target(ledger, requested, live_id)
+    target = _gate.pick_target(history, resolved["release_id"])
+    if target is None and requested == "previous":
+        raise OperatorError(f"app {app['name']}: there is no release before the one running now (recorded: {known_ids(ledger)})")
+    if target is None:
+        raise unknown_release(app["name"], requested, ledger)
+    return resolved, target
+
+
+def data_back(module: AppModule, target: dict[str, t.Any], history: list[dict[str, t.Any]], additive: list[str], why: str,
+              schema: dict[str, t.Any], unknown: bool) -> dict[str, t.Any]:
+    """The ``schema`` check when the data may have to come back: the verified set that would, what it discards, its window."""
+    # the backup layer (and what it imports) is loaded only when the data may have to come back:
+    # an image-only rollback asks the engine and nothing else
+    from ansible_collections.selfhost.rollback.plugins.module_utils._retention import parse_duration
+    from ansible_collections.selfhost.rollback.plugins.module_utils._sets import is_verified, list_sets, summarize
+
     params = module.params
-    ledger = module.ledger
+    sets = list_sets(module.ledger)
+    candidates = _gate.restore_candidates(sets, target, history, additive, under_target_only=unknown)
+    chosen = _gate.choose_set(candidates, is_verified)
+    loss = lost_by(module.client, module.app, chosen) if chosen is not None else None
+    summary = summarize(chosen) if chosen is not None else None
+    found, restore_set = _gate.restore_check(why, schema, target["release_id"], unknown, candidates, chosen, loss, summary)
+    if restore_set is None or chosen is None:
+        return {"check": found, "entry": None, "loss": None, "restore_set": None, "window": None}
+    keep_within = int(parse_duration(params["keep_within"]).total_seconds()) if params["keep_within"] else None
+    return {"check": found, "entry": chosen, "loss": loss, "restore_set": restore_set,
+            "window": _gate.window_check(chosen, sets, params["keep_last"], keep_within)}
+
+
+def judge(module: AppModule) -> dict[str, t.Any]:
+    app, params, ledger = module.app, module.params, module.ledger
     journal = _operation.pending(ledger) if params["check_journal"] else None
     if journal is not None:
         said = (f"the {journal.get('kind')} {journal.get('op_id')} is still open (phase '{journal.get('phase')}'); "
@@ -507,136 +515,57 @@ def judge(module: AppModule) -> dict[str, t.Any]:
         raise OperatorError(f"app {app['name']}: no release is recorded in {ledger.root}; record one with "
                             "selfhost.rollback.release (the pre_upgrade playbook does) before asking about a rollback")
     client = module.client
-    salt = read_salt(ledger) or b""
-    live = running_state(client, app, salt, secret_values(app))
+    live = running_state(client, app, read_salt(ledger) or b"", secret_values(app))
     live_digest = content_digest(live)
-    live_id = next((r["release_id"] for r in reversed(history) if r.get("content_digest") == live_digest), None)
-    resolved = _operation.resolve_target(ledger, params["target"], live_id)
-    target = _gate.pick_target(history, resolved["release_id"])
-    if target is None:
-        known = ", ".join(r["release_id"] for r in history[-5:])
-        if params["target"] == "previous":
-            raise OperatorError(f"app {app['name']}: there is no release before the one running now (recorded: {known})")
-        raise OperatorError(f"app {app['name']}: release {params['target']} is not in the ledger; recorded releases: {known}")
+    live_record = find_by_digest(ledger, live_digest)
+    live_id = live_record["release_id"] if live_record else None
+    resolved, target = resolve(module, history, live_id)
+    target_is_live = target.get("content_digest") == live_digest
+    partial = part_plan(module, target, live) if _partial.is_partial(params["services"], params["scope"]) else None
+    back_images = partial["back"]["images"] if partial is not None else None
+
+    checks = [_gate.part_check(partial, params["services"])] if partial is not None else []
+    same = _gate.release_check(target["release_id"], target_is_live)
+    if same is not None:
+        checks.append(same)
+    if back_images is None or back_images:
+        checks.append(image_check(client, ledger, target, params["allow_pull"], back_images))
     additive = (app.get("schema_probe") or {}).get("additive") or []
-    checks: list[dict[str, t.Any]] = []
-    scope, part = params["scope"], params["services"]
-    partial = None
-    if _partial.is_partial(part, scope):
-        partial = part_check(module, target, live, checks)
-
-    if target.get("content_digest") == live_digest:
-        checks.append(check("ok", "release", f"{target['release_id']} is what runs now; nothing to roll back"))
-    if partial is None or partial["back"]["images"]:
-        checks.append(image_check(client, ledger, target, params["allow_pull"],
-                                  partial["back"]["images"] if partial is not None else None))
-
     relation, why = _gate.schema_relation(live.get("schema_version"), target.get("schema_version"), additive)
-    restore_entry, loss, restore_set, window_check = None, None, None, None
     schema = {"live": live.get("schema_version"), "target": target.get("schema_version")}
-    # unknown is not safe: without a schema to compare, data that changed since a set taken under the
-    # target comes back with the code, unless the operator keeps it (keep_data)
-    unknown = relation == "unknown" and target.get("content_digest") != live_digest
-    if partial is not None and (scope in ("config", "artifacts") or not partial["back"]["images"]):
-        checks.append(check("ok", "schema", f"the code stays as it runs ({'only ' + scope if scope != 'all' else 'no image'} "
-                            "comes back), so the data stays too", **schema))
-    elif partial is not None and (relation == "older_code" or (unknown and not params["keep_data"])):
-        checks.append(check("block", "schema", f"{why}; a partial rollback leaves the data as it is, so "
-                            f"{', '.join(partial['back']['images'])} cannot go back to code that may need older data: roll back the "
-                            "whole app (without rollback_services and rollback_scope)"
-                            + (", or keep today's data with -e rollback_keep_data=true" if unknown else ""), **schema))
-    elif relation == "older_code" or (unknown and not params["keep_data"]):
-        # the backup layer (and what it imports) is loaded only when the data may have to come back:
-        # an image-only rollback asks the engine and nothing else
-        from ansible_collections.selfhost.rollback.plugins.module_utils._retention import parse_duration
-        from ansible_collections.selfhost.rollback.plugins.module_utils._sets import is_verified, list_sets, summarize
-
-        sets = list_sets(ledger)
-        candidates = _gate.restore_candidates(sets, target, history, additive, under_target_only=unknown)
-        verified = [e for e in candidates if is_verified(e)]
-        if verified:
-            restore_entry = verified[0]
-            loss = lost_by(client, app, restore_entry)
-            summary = summarize(restore_entry)
-            taken = f"taken {_gate.human_age(loss['seconds'])} ago under {summary['release_id']}"
-            if unknown and not loss["changed"]:
-                checks.append(check("warn", "schema", f"{why}; the data has not changed since verified set "
-                                    f"{restore_entry['set_id']} ({taken}), so it stays", **schema))
-                restore_entry, loss = None, None
-            else:
-                lead = (f"{why}, so whether {target['release_id']} can read today's data is unknown, and the data changed since "
-                        f"verified set {restore_entry['set_id']} ({taken}); it comes back with the code (keep today's data "
-                        "instead with keep_data, -e rollback_keep_data=true)") if unknown else \
-                    f"{why}; restore verified set {restore_entry['set_id']} ({taken})"
-                checks.append(check("restore", "schema", f"{lead}; lost: {loss['summary']}", **schema))
-                restore_set = {"set_id": restore_entry["set_id"], "created_at": summary["created_at"], "age_s": loss["seconds"],
-                               "release_id": summary["release_id"], "schema_version": summary["schema_version"],
-                               "bytes": summary["bytes"]}
-                keep_within = int(parse_duration(params["keep_within"]).total_seconds()) if params["keep_within"] else None
-                window_check = window_of(restore_entry, sets, params["keep_last"], keep_within)
-        elif unknown:
-            checks.append(check("warn", "schema", f"{why}, and no verified backup set was taken under {target['release_id']}: "
-                                "today's data stays, and whether that release can read it is unknown", **schema))
-        else:
-            unverified = [e["set_id"] for e in candidates]
-            detail = (f"{why}, and no verified backup set taken under {target['release_id']} (or on a schema it runs on) exists"
-                      + (f"; {', '.join(unverified)} exist but did not pass verification" if unverified else "")
-                      + "; the data cannot be brought back with the code")
-            checks.append(check("block", "schema", detail, **schema))
-    elif unknown:
-        checks.append(check("warn", "schema", f"{why}; today's data is kept as asked (keep_data), although whether "
-                            f"{target['release_id']} can read it is unknown", keep_data=True, **schema))
+    unknown = _gate.data_unknown(relation, target_is_live)
+    found = _gate.schema_check(relation, why, schema, target["release_id"], unknown, params["keep_data"], params["scope"], back_images)
+    if found is None:  # the data may have to come back: ask the backup layer
+        data = data_back(module, target, history, additive, why, schema, unknown)
     else:
-        checks.append(check("ok" if relation != "unknown" else "warn", "schema", why, **schema))
+        data = {"check": found, "entry": None, "loss": None, "restore_set": None, "window": None}
+    checks.append(data["check"])
+    checks.append(_gate.runtime_check(target.get("runtime") or {}, live.get("runtime") or {}))
+    locks = _gate.locks_check(target.get("services") or {}, app.get("version_locks") or [], partial is not None)
+    if locks is not None:
+        checks.append(locks)
+    checks.append(_gate.drift_check(target.get("config_fingerprint") or {}, live.get("config_fingerprint") or {}))
+    if data["window"] is not None:
+        checks.append(data["window"])
+    checks.append(space_check(client, ledger, data["entry"], params["space_margin"]))
 
-    findings = _gate.runtime_findings(target.get("runtime") or {}, live.get("runtime") or {})
-    worst = "block" if any(f[0] == "block" for f in findings) else "warn" if any(f[0] == "warn" for f in findings) else "ok"
-    checks.append(check(worst, "runtime", "; ".join(f[1] for f in findings) or "no runtime recorded"))
-
-    violations = [] if partial is not None else _gate.lock_violations(target.get("services") or {}, app.get("version_locks") or [])
-    if violations:
-        checks.append(check("block", "version locks", "; ".join(violations)))
-    elif app.get("version_locks"):
-        checks.append(check("ok", "version locks", f"{len(app['version_locks'])} group(s) run one version each in the target"))
-
-    drift = _gate.config_drift(target.get("config_fingerprint") or {}, live.get("config_fingerprint") or {})
-    if any(drift.values()):
-        parts = []
-        if drift["missing_now"]:
-            parts.append(f"the target had {', '.join(drift['missing_now'])}, missing now: put them back in the env file or it may not boot")
-        if drift["added_since"]:
-            parts.append(f"added since: {', '.join(drift['added_since'])}")
-        if drift["changed"]:
-            parts.append(f"other values now: {', '.join(drift['changed'])}")
-        checks.append(check("warn", "config drift", "; ".join(parts), **drift))
-    else:
-        checks.append(check("ok", "config drift", "same keys and values as the target", **drift))
-
-    if window_check is not None:
-        checks.append(window_check)
-    checks.append(space_check(client, ledger, restore_entry, params["space_margin"]))
-
-    verdict = _gate.decide(checks)
-    reasons = [f"{c['check']}: {c['detail']}" for c in checks if c["level"] != "ok"]
+    told = _gate.verdict_of(checks)
     return {
         "changed": False,
-        "verdict": verdict,
-        "outcome": verdict,
-        "reasons": reasons,
-        "blocking": [f"{c['check']}: {c['detail']}" for c in checks if c["level"] == "block"],
+        **told,
         "resolved": {"requested": params["target"], "repeat": resolved["repeat"], "reasons": resolved["reasons"]},
         "target": {"release_id": target["release_id"], "recorded_at": target.get("recorded_at"),
                    "schema_version": target.get("schema_version"),
                    "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (target.get("services") or {}).items()}},
         "live": {"release_id": live_id, "schema_version": live.get("schema_version"),
                  "images": {n: s.get("pinned_ref") or s.get("image_ref") for n, s in (live.get("services") or {}).items()}},
-        "target_is_live": target.get("content_digest") == live_digest or (partial is not None and not _partial.changes(partial)),
+        "target_is_live": target_is_live or (partial is not None and not _partial.changes(partial)),
         "partial": partial,
-        "restore_set": restore_set,
-        "data_loss": loss,
+        "restore_set": data["restore_set"],
+        "data_loss": data["loss"],
         "compatibility": relation,
         "checks": checks,
-        "table": [f"rollback of {app['name']} to {target['release_id']}: {verdict}"] + _gate.render_table(checks),
+        "table": [f"rollback of {app['name']} to {target['release_id']}: {told['verdict']}"] + _gate.render_table(checks),
         "pending": None,
     }
 
