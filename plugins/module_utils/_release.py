@@ -240,8 +240,7 @@ def known_ids(ledger: Ledger, last: int = 5) -> str:
 
 
 def unknown_release(app_name: str, release_id: str, ledger: Ledger) -> OperatorError:
-    return OperatorError(f"app {app_name}: release {release_id} is not in {ledger.path(RELEASES)}; recorded releases: "
-                         f"{known_ids(ledger)} (list them with selfhost.rollback.release_info)")
+    return OperatorError(f"app {app_name}: release {release_id} is not in the ledger; recorded releases: {known_ids(ledger)}")
 
 
 def refresh_archived(ledger: Ledger) -> None:
