@@ -56,6 +56,8 @@ command -v setcap >/dev/null 2>&1 || need+=(libcap2-bin)
 command -v bsdtar >/dev/null 2>&1 || need+=(libarchive-tools)
 # the report's metrics are read back through a real node exporter
 command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
+# the traffic-shift tests start their own HAProxy (runtime API on a tmp admin socket); the packaged service is not used
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if [ "${#need[@]}" -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # 2. Compose v2 CLI plugin (bookworm only has v1; trixie's package is the v2 plugin).
