@@ -15,7 +15,9 @@ import re
 import subprocess
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import NAME_FROM_DIRECTORY, NAME_FROM_FILE, docker_cli, read_env_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import NAME_FROM_DIRECTORY, NAME_FROM_FILE
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import docker_cli
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import read_env_file
 
 DEFAULT_STORE = "/var/lib/selfhost-rollback"
 APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -252,7 +254,7 @@ def project_name_of(app: dict[str, t.Any], compose_env: dict[str, str], files: l
     """The Compose project name and where it comes from, by Compose's order of precedence.
 
     A name from the last two (the compose file's ``name:``, the directory's name) gives way to the
-    one the running containers carry (``_common.judge_live_project``): only they know a ``-p``.
+    one the running containers carry (``_compose.judge_live_project``): only they know a ``-p``.
     """
     if app.get("project_name"):
         return app["project_name"], "project_name"

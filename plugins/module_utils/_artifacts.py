@@ -23,7 +23,8 @@ import shutil
 import subprocess
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, last_lines, sha256_bytes, sha256_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._digest import sha256_bytes, sha256_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError, last_lines
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import DIR_MODE, FILE_MODE, Ledger, ensure_dir, replace_file
 
 DIR = "artifacts"

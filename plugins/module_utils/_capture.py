@@ -18,7 +18,10 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _release, _tree
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, schema_version, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.selfhost.rollback.plugins.module_utils._database import schema_version
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, ensure_dir
 from ansible_collections.selfhost.rollback.plugins.module_utils._quiesce import Quiesce, resume_interrupted
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic

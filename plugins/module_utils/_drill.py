@@ -44,14 +44,10 @@ from ansible_collections.selfhost.rollback.plugins.module_utils import (
     _tree,
     _verify,
 )
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    OperatorError,
-    docker_cli,
-    iso,
-    project_containers,
-    stamp,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso, stamp
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import docker_cli, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import judge, probe_once, run_smoke, summarize
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import load, plan_load
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes, ensure_dir

@@ -23,7 +23,8 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._archive import CHUNK
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, docker_cli, last_lines
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import docker_cli
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError, last_lines
 
 
 def quote_ident(name: str) -> str:

@@ -20,12 +20,9 @@ import subprocess
 import tempfile
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    OperatorError,
-    iso,
-    last_lines,
-    sha256_file,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._digest import sha256_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError, last_lines
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import (
     FILE_MODE,
     RECORD_FORMAT,
@@ -92,7 +89,7 @@ def repo_digest_for(image_attrs: dict[str, t.Any], name: str) -> str | None:
 
 
 def get_image(client: t.Any, ref: str) -> t.Any | None:
-    from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException
+    from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException
 
     try:
         return client.images.get(ref)
@@ -120,7 +117,7 @@ def resolve(client: t.Any, ref: str, image_id: str | None = None) -> dict[str, t
 
 def pull(client: t.Any, ref: str) -> bool:
     """Pull ``ref``; True when the registry had it."""
-    from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException
+    from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException
 
     name, tag, digest = split_reference(ref)
     try:

@@ -27,17 +27,16 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _project, _tree
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, app_argument_spec, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import NAME_FROM_CONTAINERS, adopt_live_project
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import (
     DOCKER_IMPORT_ERROR,
-    HAS_DOCKER,
-    NAME_FROM_CONTAINERS,
     DockerException,
-    OperatorError,
-    adopt_live_project,
+    HAS_DOCKER,
     docker_client,
-    scrub,
-    secret_values,
 )
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import secret_values
+from ansible_collections.selfhost.rollback.plugins.module_utils._secrets import scrub
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, LedgerError
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError
 from ansible_collections.selfhost.rollback.plugins.module_utils._storage import StorageError
@@ -306,7 +305,7 @@ class AppModule:
     def _adopt_live_project(self) -> None:
         """Once the app and the engine are both at hand, and before any Compose call can use the name,
         take the project name the running containers carry when the definition only defaults to one
-        (``_common.judge_live_project``). The app dict is changed in place, so every later call of the
+        (``_compose.judge_live_project``). The app dict is changed in place, so every later call of the
         run drives that project; a refusal is left to the module's own ``check_live_project``.
         """
         if self._live_judged or self._app is None or self._client is None:

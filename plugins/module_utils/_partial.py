@@ -41,7 +41,9 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._artifacts import by_hand_sentence
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, parse_env_text, scrub
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import parse_env_text
+from ansible_collections.selfhost.rollback.plugins.module_utils._secrets import scrub
 from ansible_collections.selfhost.rollback.plugins.module_utils._pin import ImageNode, PinError, interpolate, locate_images, unpin_text
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import _structure
 

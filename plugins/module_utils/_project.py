@@ -17,7 +17,9 @@ import os
 import re
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, is_secret, parse_env_text, sha256_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._digest import sha256_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._secrets import is_secret
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
 
 try:
@@ -284,3 +286,96 @@ def write_project_file(path: str, data: bytes) -> None:
     if existing is not None:
         os.chown(tmp, existing.st_uid, existing.st_gid)
     os.replace(tmp, path)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Parse a Compose ``.env`` file by Compose's rules (see :func:`parse_env_text`)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return parse_env_text(handle.read())
+
+
+ENV_KEY = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*[=:]\s*")
+
+
+ENV_REF = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+DQ_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "$": "\0"}
+
+
+def parse_env_text(text: str, environ: t.Mapping[str, str] | None = None) -> dict[str, str]:
+    """KEY=VALUE lines the way Compose reads an env file.
+
+    ``export`` prefixes and ``KEY: value`` lines are accepted; a single-quoted value is literal;
+    a double-quoted one may span lines and knows the escapes ``\\n \\r \\t \\\\ \\" \\$``;
+    after a closing quote, and after whitespace plus ``#`` in an unquoted value, the rest of
+    the line is a comment. ``${VAR}``, ``$VAR`` and ``${VAR:-default}`` in unquoted and
+    double-quoted values expand from the keys above and then the environment. The
+    integration suite checks these rules against Compose's own reading of the same file.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = ENV_KEY.match(line)
+        if not match:
+            continue
+        key, rest = match.group(1), line[match.end():]
+        if rest.startswith("'"):
+            body, index = _quoted(rest[1:], "'", lines, index)
+            values[key] = body
+        elif rest.startswith('"'):
+            body, index = _quoted(rest[1:], '"', lines, index)
+            body = re.sub(r"\\(.)", lambda m: DQ_ESCAPES.get(m.group(1), "\\" + m.group(1)), body)
+            values[key] = _expand(body, values, environ).replace("\0", "$")
+        else:
+            body = re.split(r"\s#", rest, maxsplit=1)[0].strip()
+            values[key] = _expand(body, values, environ)
+    return values
+
+
+def _quoted(rest: str, quote: str, lines: list[str], index: int) -> tuple[str, int]:
+    """The text up to the closing quote (a double quote may be escaped), continuing on the next lines."""
+    pattern = re.compile(r"^((?:[^\\\"]|\\.)*)\"" if quote == '"' else r"^([^']*)'")
+    text = rest
+    while True:
+        found = pattern.match(text)
+        if found:
+            return found.group(1), index
+        if index >= len(lines):
+            return text, index  # unterminated: Compose refuses the file, and so does 'docker compose config'
+        text += "\n" + lines[index]
+        index += 1
+
+
+def _expand(value: str, known: dict[str, str], environ: t.Mapping[str, str]) -> str:
+    def lookup(name: str) -> str | None:
+        return known[name] if name in known else environ.get(name)
+
+    def one(match: re.Match) -> str:
+        name = match.group("braced") or match.group("bare")
+        found, op, arg = lookup(name), match.group("op"), match.group("arg") or ""
+        if op in (":-", ":?"):
+            return found if found else (arg if op == ":-" else "")
+        if op in ("-", "?"):
+            return found if found is not None else (arg if op == "-" else "")
+        if op == ":+":
+            return arg if found else ""
+        if op == "+":
+            return arg if found is not None else ""
+        return found or ""
+
+    return ENV_REF.sub(one, value)
+
+
+def secret_values(app: dict[str, t.Any], extra: t.Iterable[str] = ()) -> list[str]:
+    """Values a result or record must never contain: everything in the env file that looks secret."""
+    found = [v for k, v in read_env_file(app["env_file"]).items() if v and is_secret(k, v)]
+    return [v for v in list(found) + list(extra) if v and len(v) >= 4]

@@ -15,7 +15,8 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _guard
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, NotFound, docker_cli, iso, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException, NotFound, docker_cli
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._sources import Source, container_service
 

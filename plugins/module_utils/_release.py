@@ -17,21 +17,14 @@ import os
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _images
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    check_live_project,
-    DockerException,
-    OperatorError,
-    canonical_json,
-    iso,
-    project_containers,
-    read_env_file,
-    salted_hash,
-    schema_version,
-    scrub,
-    sha256_bytes,
-    stamp,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso, stamp
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose, check_live_project
+from ansible_collections.selfhost.rollback.plugins.module_utils._database import schema_version
+from ansible_collections.selfhost.rollback.plugins.module_utils._digest import canonical_json, salted_hash, sha256_bytes
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import read_env_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._secrets import scrub
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
     pinned_reference,
     read_index,

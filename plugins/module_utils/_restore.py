@@ -20,7 +20,10 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _extract, _sources, _tree
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, iso, parse_iso, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso, parse_iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._gate import human_age
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger

@@ -12,7 +12,8 @@ import datetime
 import re
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, parse_iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import parse_iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils import _release
 from ansible_collections.selfhost.rollback.plugins.module_utils._sets import is_verified

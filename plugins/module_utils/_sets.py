@@ -21,7 +21,8 @@ import re
 import secrets
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, stamp
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import stamp
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 
 MANIFEST_FORMAT = 1

@@ -16,7 +16,8 @@ import re
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _dumps
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 
 FILE_MODES = ("stop", "pause", "none")
 ITEM_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")

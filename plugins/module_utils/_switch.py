@@ -34,17 +34,11 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _capture, _operation, _partial, _project, _quiesce
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE, compose_variables
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    OperatorError,
-    check_live_project,
-    docker_cli,
-    is_secret,
-    one_shot_services,
-    parse_env_text,
-    project_containers,
-    secret_values,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose, check_live_project, one_shot_services
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import docker_cli, project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import parse_env_text, secret_values
+from ansible_collections.selfhost.rollback.plugins.module_utils._secrets import is_secret
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, load, plan_load, run_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule

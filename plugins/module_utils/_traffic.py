@@ -61,10 +61,7 @@ import socket
 import time
 import typing as t
 
-try:
-    from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
-except ImportError:  # the error type may live in its own file
-    from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 
 MAX_WEIGHT = 256
 STATES = ("UP", "DOWN", "MAINT", "DRAIN")

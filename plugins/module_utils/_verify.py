@@ -20,7 +20,8 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _archive, _dumps, _extract, _tree
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, ensure_dir
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import Restic
 from ansible_collections.selfhost.rollback.plugins.module_utils._sets import record_verification

@@ -191,13 +191,8 @@ import os
 import shlex
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    DockerException,
-    check_live_project,
-    one_shot_services,
-    project_containers,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose, check_live_project, one_shot_services
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException, project_containers
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import probe_once
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 

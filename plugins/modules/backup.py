@@ -291,7 +291,7 @@ reasons:
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _capture, _quiesce, _restic, _sets
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import check_live_project
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import check_live_project
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 

@@ -147,7 +147,7 @@ reasons:
 
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import parse_iso, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import parse_iso, utcnow
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._sets import is_verified, list_sets, partial_sets, summarize
 

@@ -101,7 +101,8 @@ import shutil
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _retention, _sets
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import utcnow
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._restic import ResticError, restic_from_params, restic_option_spec
 

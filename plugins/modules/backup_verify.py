@@ -166,7 +166,7 @@ import time
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _restic, _sets, _verify
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 
 

@@ -312,7 +312,7 @@ reasons:
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _drill, _restic
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import SMOKE_OPTIONS
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import OPERATOR_FAILURES, AppModule
 

@@ -279,16 +279,10 @@ import subprocess
 import time
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    Compose,
-    OperatorError,
-    container_state,
-    iso,
-    one_shot_services,
-    project_containers,
-    state_failed,
-    state_ok,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose, one_shot_services
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import container_state, project_containers, state_failed, state_ok
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils import _release
 from ansible_collections.selfhost.rollback.plugins.module_utils._dumps import Exec
 from ansible_collections.selfhost.rollback.plugins.module_utils._health import (

@@ -174,7 +174,8 @@ import json
 import os
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, docker_cli
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import docker_cli
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import (
     apply_archive,
     archive_changes,

@@ -200,7 +200,7 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _drill, _operation, _release, _sets
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, DEFAULT_STORE
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, split_reference
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule

@@ -151,7 +151,8 @@ import os
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _gate
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger, atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import current_release_id, releases

@@ -208,7 +208,7 @@ outcome:
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _notify
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 
 

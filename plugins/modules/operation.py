@@ -356,7 +356,7 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _operation
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import APP_NAME_RE, AppError, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import secret_values
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import current_release_id
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule

@@ -158,7 +158,10 @@ import typing as t
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _project
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import Compose, OperatorError, project_containers, read_env_file
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import project_containers
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import read_env_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import pull, resolve
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import atomic_write_bytes
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule

@@ -187,7 +187,10 @@ reasons:
 import os
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError, docker_cli, iso, secret_values
+from ansible_collections.selfhost.rollback.plugins.module_utils._clock import iso
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import docker_cli
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule

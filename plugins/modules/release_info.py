@@ -163,7 +163,7 @@ reasons:
 
 import typing as t
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import get_image, release_images
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import archived_images, current_release_id, releases, summary

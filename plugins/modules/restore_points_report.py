@@ -148,7 +148,7 @@ import os
 import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _report
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import LedgerError, atomic_write_bytes, ensure_dir, replace_file
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 

@@ -400,7 +400,9 @@ import typing as t
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _gate, _operation, _partial, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError, secret_values
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import plan_load, read_index
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule

@@ -3,14 +3,10 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError, normalize_project_name, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    parse_env_text,
-    read_env_file,
-    salted_hash,
-    scrub,
-    secret_values,
-    sql_argv,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._database import sql_argv
+from ansible_collections.selfhost.rollback.plugins.module_utils._digest import salted_hash
+from ansible_collections.selfhost.rollback.plugins.module_utils._project import parse_env_text, read_env_file, secret_values
+from ansible_collections.selfhost.rollback.plugins.module_utils._secrets import scrub
 
 
 def app(tmp_path, **extra):

@@ -7,13 +7,9 @@ import types
 
 import pytest
 
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
-    OperatorError,
-    check_live_project,
-    one_shot_services,
-    state_failed,
-    state_ok,
-)
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import check_live_project, one_shot_services
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import state_failed, state_ok
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 
 
 def container(project, workdir, files, created=1796000000, status="running"):

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _module
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import (
+from ansible_collections.selfhost.rollback.plugins.module_utils._compose import (
     NAME_FROM_CONTAINERS,
     NAME_FROM_DIRECTORY,
     NAME_FROM_FILE,
-    OperatorError,
     adopt_live_project,
     check_live_project,
     judge_live_project,
 )
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from test_module import FakeAnsibleModule  # the skeleton's own fake (same directory)
 

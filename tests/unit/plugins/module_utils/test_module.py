@@ -11,7 +11,8 @@ import pytest
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _module
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import AppError
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import LedgerError, LockTimeout
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule, no_log_values
 

@@ -11,7 +11,7 @@ import typing as t
 import pytest
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _release
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 
 IMAGE_ID = "sha256:" + "1" * 64
 CONFIG = {"name": "notes", "services": {"app": {"image": "r/notes:1.0", "environment": {"NOTES_VERSION": "1.0"}}},

@@ -15,7 +15,8 @@ import pytest
 
 from ansible_collections.selfhost.rollback.plugins.module_utils import _switch
 from ansible_collections.selfhost.rollback.plugins.module_utils._app import PINS_FILE, validate_app
-from ansible_collections.selfhost.rollback.plugins.module_utils._common import DockerException, OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._docker import DockerException
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._operation import OperationError
 from ansible_collections.selfhost.rollback.plugins.module_utils._project import images_file

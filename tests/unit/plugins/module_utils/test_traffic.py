@@ -39,7 +39,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._traffic import 
 )
 
 try:
-    from ansible_collections.selfhost.rollback.plugins.module_utils._common import OperatorError
+    from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 except ImportError:
     from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 
