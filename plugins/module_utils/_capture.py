@@ -139,28 +139,9 @@ def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: Ba
         restic.ensure_repository()
     keep_stopped = quiesce is not None
     quiesce = quiesce or Quiesce(ledger)
-    items: list[dict[str, t.Any]] = []
-    snapshots: list[str] = []
     warnings: list[str] = list(plan["warnings"])
     schema = plan["schema"]
-    try:
-        quiesce.apply(sources, databases=False)
-        for source in sources:
-            if source.kind == "database":
-                items.append(_capture(source, directory, compression, options, set_id, app, label, snapshots))
-        quiesce.apply(sources, databases=True)
-        for source in sources:
-            if source.kind != "database":
-                items.append(_capture(source, directory, compression, options, set_id, app, label, snapshots))
-    except BaseException:
-        problems = quiesce.release()
-        shutil.rmtree(directory, ignore_errors=True)
-        if restic is not None and snapshots:
-            with contextlib.suppress(Exception):
-                restic.forget(snapshots)
-        if problems:
-            raise OperatorError(f"{label}: the backup failed and containers could not all be put back: {'; '.join(problems)}")
-        raise
+    items = _capture_quiesced(sources, quiesce, directory, compression, options, set_id, app)
     problems = quiesce.release(keep_stopped=keep_stopped)
     actions.extend(quiesce.actions)
     if problems:
@@ -189,12 +170,48 @@ def run_backup(app: dict[str, t.Any], client: t.Any, ledger: Ledger, options: Ba
     }
     ledger.write(f"backups/{set_id}/{MANIFEST}", manifest)
     if restic is not None and options.backend == "restic":
-        with contextlib.suppress(Exception):
-            sink = ResticSink(restic, f"{set_id}-{MANIFEST}", ["selfhost-rollback", f"app={app['name']}", f"set={set_id}", "manifest"])
-            sink.write(open(os.path.join(directory, MANIFEST), "rb").read())
-            sink.close()
+        _manifest_offsite(restic, set_id, app, directory)
     actions.append(f"wrote set {set_id}")
     return {"manifest": manifest, "set_dir": directory, "actions": actions, "space": space, "warnings": warnings}
+
+
+def _capture_quiesced(sources: list[Source], quiesce: Quiesce, directory: str, compression: str, options: BackupOptions,
+                      set_id: str, app: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """Dump the databases with only their writers stopped, then the files with every writer stopped.
+
+    On any failure the containers run again, the partial set is removed and its snapshots forgotten.
+    """
+    label = f"app {app['name']}"
+    items: list[dict[str, t.Any]] = []
+    snapshots: list[str] = []
+    try:
+        quiesce.apply(sources, databases=False)
+        for source in sources:
+            if source.kind == "database":
+                items.append(_capture(source, directory, compression, options, set_id, app, label, snapshots))
+        quiesce.apply(sources, databases=True)
+        for source in sources:
+            if source.kind != "database":
+                items.append(_capture(source, directory, compression, options, set_id, app, label, snapshots))
+    except BaseException:
+        problems = quiesce.release()
+        shutil.rmtree(directory, ignore_errors=True)
+        if options.restic is not None and snapshots:
+            with contextlib.suppress(Exception):
+                options.restic.forget(snapshots)
+        if problems:
+            raise OperatorError(f"{label}: the backup failed and containers could not all be put back: {'; '.join(problems)}")
+        raise
+    return items
+
+
+def _manifest_offsite(restic: Restic, set_id: str, app: dict[str, t.Any], directory: str) -> None:
+    """A copy of the manifest in the repository too, so the set can be found from the repository alone."""
+    with contextlib.suppress(Exception):
+        sink = ResticSink(restic, f"{set_id}-{MANIFEST}", ["selfhost-rollback", f"app={app['name']}", f"set={set_id}", "manifest"])
+        with open(os.path.join(directory, MANIFEST), "rb") as handle:
+            sink.write(handle.read())
+        sink.close()
 
 
 def _capture(source: Source, directory: str, compression: str, options: BackupOptions, set_id: str,

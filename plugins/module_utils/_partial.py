@@ -199,21 +199,77 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
     """
     services = list(services or [])
     part, partners, blocking = part_of(app, target, services, scope)
-    env_rel = os.path.relpath(app["env_file"], app["project_dir"])
-    target_structure = (target.get("compose") or {}).get("config") or {}
     result: dict[str, t.Any] = {"scope": scope, "services": part, "partners": partners, "files": {}, "images": {},
                                 "back": {"images": [], "env": [], "files": []}, "kept": {"env": {}, "files": {}, "images": []},
                                 "images_file": None, "blocking": blocking, "actions": []}
     if blocking or scope == "artifacts":
         return result
     want = wanted_aspects(part, services, scope)
+    env_rel = os.path.relpath(app["env_file"], app["project_dir"])
+    target_structure = (target.get("compose") or {}).get("config") or {}
+    structures = (target_structure, live_structure)
+    env_back, env_text, who_reads = _env_back(app, env_rel, live_files, target_files, structures, want, environ, result)
 
-    # env keys: back when every reader is in the part
+    # the compose files (and what they pull in) come back together, or not at all; digest pins alone are no change
+    changed = sorted(rel for rel in target_files if rel != env_rel and live_files.get(rel) != target_files[rel])
+    diff = differences(target_structure, live_structure)
+    files_back = bool(changed) and bool(diff) and diff <= want
+    if changed and not files_back:
+        reason = ("only digest pins differ" if not diff else
+                  f"{'they change' if len(changed) > 1 else 'it changes'} {_who(diff - want)} too" if diff & want
+                  else "outside the part")
+        for rel in changed:
+            result["kept"]["files"][rel] = reason
+    files = dict(live_files)
+    compose_rels = [os.path.relpath(p, app["project_dir"]) for p in app.get("compose_files") or []]
+    if files_back:
+        # written without the release's pins: a pin would hold a service that stays on the release's digest
+        files.update({rel: unpin_text(target_files[rel].decode(), rel).encode() if rel in compose_rels else target_files[rel]
+                      for rel in changed})
+    if env_back:
+        files[env_rel] = env_text.encode(errors="surrogateescape")
+    result["files"] = files
+    result["back"]["env"] = env_back
+    result["back"]["files"] = changed if files_back else []
+
+    values = dict(parse_env_text(env_text, environ or {}))
+    values.update(environ or {})
+    images = _ImagePlan(app, target, result, want, live_images, live_files, compose_rels, values, images_file, who_reads,
+                        changed, diff, services, scope)
+    images.run(target_structure if files_back else live_structure)
+    if result["blocking"]:
+        return result
+    result["back"]["files"] = sorted(rel for rel in files if rel != env_rel and files[rel] != live_files.get(rel))
+    for rel in result["back"]["files"]:
+        result["kept"]["files"].pop(rel, None)
+    if images_file is not None and (images.held or images.entries):
+        result["images_file"] = {"path": images_file["path"], "services": images.entries, "write": images.entries != images.held,
+                                 "hold": sorted(n for n in images.entries if images.held.get(n) != images.entries[n]),
+                                 "release": sorted(n for n in images.held if n not in images.entries)}
+    result["actions"] = ([f"bring back {name}'s image {images.target_services[name]['image_ref']}" for name in result["back"]["images"]]
+                         + [f"bring back {key} in {env_rel}" for key in env_back]
+                         + [f"bring back {rel}" for rel in changed if files_back]
+                         + [f"pin {name}'s image line to the release's digest" for name in images.repinned]
+                         + images_file_actions(app, result["images_file"], images.routed, env_rel, values)
+                         + [f"keep {key} as it is now ({why})" for key, why in sorted(result["kept"]["env"].items())
+                            if why != "outside the part"]
+                         + [f"keep {rel} as it is now ({why})" for rel, why in sorted(result["kept"]["files"].items())
+                            if why not in ("outside the part", "only digest pins differ")])
+    return result
+
+
+def _env_back(app: dict[str, t.Any], env_rel: str, live_files: dict[str, bytes], target_files: dict[str, bytes],
+              structures: tuple[dict[str, t.Any], dict[str, t.Any]], want: set[Aspect], environ: t.Mapping[str, str] | None,
+              result: dict[str, t.Any]) -> tuple[list[str], str, dict[str, set[Aspect]]]:
+    """The env keys that come back (every reader is in the part), the env file's text after, and who reads each key.
+
+    A key that stays is named in ``result["kept"]["env"]`` with why.
+    """
     live_env_text = live_files.get(env_rel, b"").decode(errors="surrogateescape")
     target_env_text = target_files.get(env_rel, b"").decode(errors="surrogateescape")
     live_env, target_env = parse_env_text(live_env_text, environ or {}), parse_env_text(target_env_text, environ or {})
     who_reads: dict[str, set[Aspect]] = {}
-    for source in (readers(target_structure, app["env_file"]), readers(live_structure, app["env_file"])):
+    for source in (readers(structures[0], app["env_file"]), readers(structures[1], app["env_file"])):
         for key, aspects in source.items():
             who_reads.setdefault(key, set()).update(aspects)
     everyone = who_reads.pop("*", set())
@@ -231,85 +287,80 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
         else:
             result["kept"]["env"][key] = "outside the part"
     env_text = _project.take_keys(live_env_text, target_env_text, env_back) if env_back else live_env_text
+    return env_back, env_text, who_reads
 
-    # the compose files (and what they pull in) come back together, or not at all; digest pins alone are no change
-    changed = sorted(rel for rel in target_files if rel != env_rel and live_files.get(rel) != target_files[rel])
-    diff = differences(target_structure, live_structure)
-    files_back = bool(changed) and bool(diff) and diff <= want
-    if changed and not files_back:
-        reason = ("only digest pins differ" if not diff else
-                  f"{'they change' if len(changed) > 1 else 'it changes'} {_who(diff - want)} too" if diff & want
-                  else "outside the part")
-        for rel in changed:
-            result["kept"]["files"][rel] = reason
-    structure = target_structure if files_back else live_structure
-    files = dict(live_files)
-    compose_rels = [os.path.relpath(p, app["project_dir"]) for p in app.get("compose_files") or []]
-    if files_back:
-        # written without the release's pins: a pin would hold a service that stays on the release's digest
-        files.update({rel: unpin_text(target_files[rel].decode(), rel).encode() if rel in compose_rels else target_files[rel]
-                      for rel in changed})
-    if env_back:
-        files[env_rel] = env_text.encode(errors="surrogateescape")
-    result["files"] = files
-    result["back"]["env"] = env_back
-    result["back"]["files"] = changed if files_back else []
 
-    # images: each service runs the target's image (its image is in the part) or today's; the files must say the same, or,
-    # for a service whose image line others share, the collection's images file does
-    values = dict(parse_env_text(env_text, environ or {}))
-    values.update(environ or {})
-    target_services = target.get("services") or {}
-    kept_keys = set(result["kept"]["env"])
-    staying = (set(target_services) | set(live_images)) - set(part)
-    held = dict((images_file or {}).get("held") or {})
-    entries = dict(held)  # the images file after the switch
-    routed: dict[str, str] = {}  # service → why its image comes back through the images file
-    repinned: list[str] = []
-    for name, recorded in sorted(target_services.items()):
-        live = live_images.get(name)
-        back = (name, "image") in want or live is None
+class _ImagePlan:
+    """Each service runs the target's image (its image is in the part) or today's; the files must say the same, or,
+    for a service whose image line others share, the collection's images file does."""
+
+    def __init__(self, app: dict[str, t.Any], target: dict[str, t.Any], result: dict[str, t.Any], want: set[Aspect],
+                 live_images: dict[str, dict[str, t.Any]], live_files: dict[str, bytes], compose_rels: list[str],
+                 values: dict[str, str], images_file: dict[str, t.Any] | None, who_reads: dict[str, set[Aspect]],
+                 changed: list[str], diff: set[Aspect], services: list[str], scope: str) -> None:
+        self.result, self.want, self.live_images, self.live_files = result, want, live_images, live_files
+        self.compose_rels, self.values, self.images_file, self.who_reads = compose_rels, values, images_file, who_reads
+        self.changed, self.diff, self.services, self.scope = changed, diff, services, scope
+        self.target_services = target.get("services") or {}
+        self.files = result["files"]
+        self.kept_keys = set(result["kept"]["env"])
+        self.staying = (set(self.target_services) | set(live_images)) - set(result["services"])
+        self.held = dict((images_file or {}).get("held") or {})
+        self.entries = dict(self.held)  # the images file after the switch
+        self.routed: dict[str, str] = {}  # service → why its image comes back through the images file
+        self.repinned: list[str] = []
+
+    def run(self, structure: dict[str, t.Any]) -> None:
+        for name, recorded in sorted(self.target_services.items()):
+            line = ((structure.get("services") or {}).get(name) or {}).get("image")
+            self.one(name, recorded, line)
+
+    def one(self, name: str, recorded: dict[str, t.Any], line: t.Any) -> None:
+        result, live = self.result, self.live_images.get(name)
+        back = (name, "image") in self.want or live is None
         chosen = recorded if back else live
         result["images"][name] = chosen["image_id"]
         if back and (live or {}).get("image_id") != recorded["image_id"]:
             result["back"]["images"].append(name)
         elif not back:
             result["kept"]["images"].append(name)
-        line = ((structure.get("services") or {}).get(name) or {}).get("image")
         if not isinstance(line, str) or not chosen.get("image_ref"):
-            continue
-        if not back and name in held:
-            continue  # the images file holds it, and goes on holding it
-        trial, problem, moved = dict(files), None, False
+            return
+        if not back and name in self.held:
+            return  # the images file holds it, and goes on holding it
+        trial, problem, moved = dict(self.files), None, False
         if back and DIGEST.search(line) and live is not None and recorded["image_id"] != live["image_id"]:
             # the pin in today's file holds today's image: it moves to the release's digest (or goes)
             found = DIGEST.search(str(recorded.get("image_ref")))
-            problem = repin(trial, compose_rels, name, found.group(0) if found else "", staying)
+            problem = repin(trial, self.compose_rels, name, found.group(0) if found else "", self.staying)
             moved = problem is None
             line = DIGEST.sub(found.group(0) if found else "", line) if moved else line
         if problem is None:
             try:
-                resolved = interpolate(line, values)
+                resolved = interpolate(line, self.values)
             except PinError as exc:
                 result["blocking"].append(f"the image line of {name} ({line}) cannot be read: {exc}")
-                continue
+                return
             if resolved == (chosen["image_ref"] if DIGEST.search(resolved) else unpinned(chosen["image_ref"])):
-                files.update(trial)
-                repinned += [name] if moved else []
+                self.files.update(trial)
+                self.repinned += [name] if moved else []
                 if back:
-                    entries.pop(name, None)  # its own line gives it: the images file need not hold it
-                continue
+                    self.entries.pop(name, None)  # its own line gives it: the images file need not hold it
+                return
             if not back:
                 result["blocking"].append(f"{name} would leave {live['image_ref']} for {resolved}, although its "
-                                          f"image is outside the part (scope {scope}); roll back with rollback_scope=all")
-                continue
-        # its image cannot come back through the project files alone: is it because others share its line?
-        held_keys = sorted(_names(line) & kept_keys)
-        node = image_node(live_files, compose_rels, name)
-        anchored = sorted((set(node[1].services) - {name}) & staying) if node else []
-        anchor_why = anchor_sentence(node[0], node[1], name, staying) if node else None
+                                          f"image is outside the part (scope {self.scope}); roll back with rollback_scope=all")
+                return
+        self.alone(name, recorded, line, problem)
+
+    def alone(self, name: str, recorded: dict[str, t.Any], line: str, problem: str | None) -> None:
+        """Its image cannot come back through the project files alone: the images file holds it, or it is refused."""
+        held_keys = sorted(_names(line) & self.kept_keys)
+        node = image_node(self.live_files, self.compose_rels, name)
+        anchored = sorted((set(node[1].services) - {name}) & self.staying) if node else []
+        anchor_why = anchor_sentence(node[0], node[1], name, self.staying) if node else None
         if held_keys:
-            others = set().union(*(who_reads.get(k, set()) for k in held_keys)) - want
+            others = set().union(*(self.who_reads.get(k, set()) for k in held_keys)) - self.want
             sharers = sorted({a[0] for a in others if a != PROJECT} | ({"the project"} if PROJECT in others else set()))
             why = (f"its image line {line} reads {', '.join(held_keys)}, which {', '.join(sharers)} also "
                    f"{'reads' if len(sharers) == 1 else 'read'}")
@@ -318,37 +369,18 @@ def plan(app: dict[str, t.Any], target: dict[str, t.Any], target_files: dict[str
             why = str(problem or anchor_why)
         else:
             sharers = []
-            why = (f"its image line is in {', '.join(changed)}, which {'change' if len(changed) > 1 else 'changes'} "
-                   f"{_who(diff - want)} too")
-        if images_file is not None and sharers:
+            why = (f"its image line is in {', '.join(self.changed)}, which {'change' if len(self.changed) > 1 else 'changes'} "
+                   f"{_who(self.diff - self.want)} too")
+        if self.images_file is not None and sharers:
             cannot = not_holdable(recorded)
             if not cannot:
-                entries[name] = str(hold_reference(recorded))
-                routed[name] = why
-                continue
-            why += f"; the collection's images file {images_file['path']} cannot hold it either: {cannot}"
-        if services and held_keys:
+                self.entries[name] = str(hold_reference(recorded))
+                self.routed[name] = why
+                return
+            why += f"; the collection's images file {self.images_file['path']} cannot hold it either: {cannot}"
+        if self.services and held_keys:
             why += f"; add {', '.join(sharers)} to rollback_services, or tie them together in app.version_locks"
-        result["blocking"].append(f"{name} cannot go back to {recorded['image_ref']} alone: {why}")
-    if result["blocking"]:
-        return result
-    result["back"]["files"] = sorted(rel for rel in files if rel != env_rel and files[rel] != live_files.get(rel))
-    for rel in result["back"]["files"]:
-        result["kept"]["files"].pop(rel, None)
-    if images_file is not None and (held or entries):
-        result["images_file"] = {"path": images_file["path"], "services": entries, "write": entries != held,
-                                 "hold": sorted(n for n in entries if held.get(n) != entries[n]),
-                                 "release": sorted(n for n in held if n not in entries)}
-    result["actions"] = ([f"bring back {name}'s image {target_services[name]['image_ref']}" for name in result["back"]["images"]]
-                         + [f"bring back {key} in {env_rel}" for key in env_back]
-                         + [f"bring back {rel}" for rel in changed if files_back]
-                         + [f"pin {name}'s image line to the release's digest" for name in repinned]
-                         + images_file_actions(app, result["images_file"], routed, env_rel, values)
-                         + [f"keep {key} as it is now ({why})" for key, why in sorted(result["kept"]["env"].items())
-                            if why != "outside the part"]
-                         + [f"keep {rel} as it is now ({why})" for rel, why in sorted(result["kept"]["files"].items())
-                            if why not in ("outside the part", "only digest pins differ")])
-    return result
+        self.result["blocking"].append(f"{name} cannot go back to {recorded['image_ref']} alone: {why}")
 
 
 def not_holdable(recorded: dict[str, t.Any]) -> str | None:

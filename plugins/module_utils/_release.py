@@ -110,6 +110,47 @@ def _structure(compose: Compose, salt: bytes) -> dict[str, t.Any]:
     return config
 
 
+def _services(client: t.Any, app: dict[str, t.Any], config: dict[str, t.Any], containers: list[t.Any],
+              salt: bytes) -> dict[str, dict[str, t.Any]]:
+    """Each service's image (by ID and registry digest, as its container runs it) and environment fingerprint."""
+    by_service: dict[str, t.Any] = {}
+    for container in sorted(containers, key=lambda c: (c.status != "running", c.name)):
+        by_service.setdefault(container.labels.get("com.docker.compose.service"), container)
+    services: dict[str, dict[str, t.Any]] = {}
+    for name, service in sorted((config.get("services") or {}).items()):
+        ref = service.get("image") or f"{app['project_name']}-{name}"
+        container = by_service.get(name)
+        found = resolve(client, ref, container.attrs.get("Image") if container is not None else None)
+        if found is None:
+            raise OperatorError(
+                f"app {app['name']}: service {name} has no container and its image {ref} is not on this engine; "
+                "deploy the app (docker compose up -d) or pull the image, then record again"
+            )
+        env = service.get("environment") or {}
+        services[name] = {
+            "image_ref": ref,
+            "image_id": found["image_id"],
+            "repo_digest": found["repo_digest"],
+            "pinned_ref": pinned_reference(ref, found["repo_digest"]) if found["repo_digest"] else None,
+            "source": "registry" if found["repo_digest"] else "local",
+            "build": "build" in service,
+            "environment": fingerprint(env if isinstance(env, dict) else {}, salt),
+        }
+    return services
+
+
+def _compose_files(app: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """The compose files as written (relative to the project directory when inside it), with their digests."""
+    files = []
+    for path in app["compose_files"]:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        rel = os.path.relpath(path, app["project_dir"])
+        files.append({"path": path if rel.startswith("..") else rel, "sha256": sha256_bytes(raw),
+                      "content": raw.decode("utf-8", errors="replace")})
+    return files
+
+
 def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: list[str],
                   outputs: dict[str, bytes] | None = None) -> dict[str, t.Any]:
     """Everything a release holds, read from the host (no timestamps, no ids).
@@ -132,38 +173,8 @@ def running_state(client: t.Any, app: dict[str, t.Any], salt: bytes, secrets: li
                 f"app {app['name']}: no container of Compose project {app['project_name']} is running; "
                 "a release records the running state, so deploy the app (docker compose up -d) and record again"
             )
-        by_service: dict[str, t.Any] = {}
-        for container in sorted(containers, key=lambda c: (c.status != "running", c.name)):
-            by_service.setdefault(container.labels.get("com.docker.compose.service"), container)
-
-        services: dict[str, dict[str, t.Any]] = {}
-        for name, service in sorted((config.get("services") or {}).items()):
-            ref = service.get("image") or f"{app['project_name']}-{name}"
-            container = by_service.get(name)
-            found = resolve(client, ref, container.attrs.get("Image") if container is not None else None)
-            if found is None:
-                raise OperatorError(
-                    f"app {app['name']}: service {name} has no container and its image {ref} is not on this engine; "
-                    "deploy the app (docker compose up -d) or pull the image, then record again"
-                )
-            env = service.get("environment") or {}
-            services[name] = {
-                "image_ref": ref,
-                "image_id": found["image_id"],
-                "repo_digest": found["repo_digest"],
-                "pinned_ref": pinned_reference(ref, found["repo_digest"]) if found["repo_digest"] else None,
-                "source": "registry" if found["repo_digest"] else "local",
-                "build": "build" in service,
-                "environment": fingerprint(env if isinstance(env, dict) else {}, salt),
-            }
-
-        files = []
-        for path in app["compose_files"]:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-            rel = os.path.relpath(path, app["project_dir"])
-            files.append({"path": path if rel.startswith("..") else rel, "sha256": sha256_bytes(raw),
-                          "content": raw.decode("utf-8", errors="replace")})
+        services = _services(client, app, config, containers, salt)
+        files = _compose_files(app)
 
         version = client.version()
         volumes = {key: (value or {}).get("name", key) for key, value in sorted((config.get("volumes") or {}).items())}

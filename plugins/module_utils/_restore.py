@@ -271,27 +271,10 @@ def wait_health(url: str, timeout: float, per_request: float = 3.0) -> bool:
     return False
 
 
-def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, ledger: Ledger, entry: dict[str, t.Any],
-                plan: dict[str, t.Any], restic: Restic | None, start: str, health_timeout: float) -> dict[str, t.Any]:
-    """Do the restore the plan describes. The caller holds the app lock and has verified the set."""
-    label = f"app {app['name']}"
-    began = time.monotonic()
-    set_directory = ledger.path("backups", entry["set_id"])
-    compose = Compose(target)
-    actions: list[str] = []
-    timings: dict[str, float] = {}
+def _restore_files(client: t.Any, plan: dict[str, t.Any], set_directory: str, restic: Restic | None, actions: list[str],
+                   timings: dict[str, float]) -> list[dict[str, str]]:
+    """Put back each volume and bind path of the plan; returns what could not be restored as it was."""
     not_restored: list[dict[str, str]] = []
-    running_before = plan["running"]
-    # every file archive must pass the extraction rules and its checksum before the app is
-    # stopped: a hostile or swapped archive is refused while everything still runs untouched
-    for step in plan["steps"]:
-        if step["kind"] in ("volume", "path"):
-            precheck(step["item"], set_directory, restic)
-    if running_before:
-        # each service's own stop_grace_period (Compose's default 10 s), as 'docker compose stop' would
-        compose.run("stop", what="stopping the app before the restore")
-        actions.append("stopped " + ", ".join(running_before))
-    compose.run("up", "--no-start", "--no-recreate", what="creating the project's volumes and containers")
     for step in plan["steps"]:
         item = step["item"]
         if step["kind"] == "volume":
@@ -308,6 +291,12 @@ def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, 
         if result["not_restored_total"]:
             actions.append(f"{step['kind']} {item['name']}: {result['not_restored_sentence']}")
             not_restored += [dict(entry, item=f"{step['kind']} {item['name']}") for entry in result["not_restored"]]
+    return not_restored
+
+
+def _restore_databases(client: t.Any, target: dict[str, t.Any], compose: Compose, plan: dict[str, t.Any], set_directory: str,
+                       restic: Restic | None, actions: list[str], timings: dict[str, float], label: str) -> list[str]:
+    """Load each database item of the plan; returns the services started only for it."""
     started_for_dumps: list[str] = []
     for step in plan["steps"]:
         if step["kind"] != "database":
@@ -339,6 +328,31 @@ def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, 
             raise OperatorError(f"{label}: database item {item['name']}: {problems[0]}")
         actions.append(f"restored database {item['database']} in service {step['service']}")
         timings[f"database:{item['name']}"] = round(time.monotonic() - step_began, 3)
+    return started_for_dumps
+
+
+def run_restore(app: dict[str, t.Any], target: dict[str, t.Any], client: t.Any, ledger: Ledger, entry: dict[str, t.Any],
+                plan: dict[str, t.Any], restic: Restic | None, start: str, health_timeout: float) -> dict[str, t.Any]:
+    """Do the restore the plan describes. The caller holds the app lock and has verified the set."""
+    label = f"app {app['name']}"
+    began = time.monotonic()
+    set_directory = ledger.path("backups", entry["set_id"])
+    compose = Compose(target)
+    actions: list[str] = []
+    timings: dict[str, float] = {}
+    running_before = plan["running"]
+    # every file archive must pass the extraction rules and its checksum before the app is
+    # stopped: a hostile or swapped archive is refused while everything still runs untouched
+    for step in plan["steps"]:
+        if step["kind"] in ("volume", "path"):
+            precheck(step["item"], set_directory, restic)
+    if running_before:
+        # each service's own stop_grace_period (Compose's default 10 s), as 'docker compose stop' would
+        compose.run("stop", what="stopping the app before the restore")
+        actions.append("stopped " + ", ".join(running_before))
+    compose.run("up", "--no-start", "--no-recreate", what="creating the project's volumes and containers")
+    not_restored = _restore_files(client, plan, set_directory, restic, actions, timings)
+    started_for_dumps = _restore_databases(client, target, compose, plan, set_directory, restic, actions, timings, label)
     if start == "none":
         to_start: list[str] = []
     elif start == "all" or not plan["had_containers"]:
