@@ -192,7 +192,6 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._docker import d
 from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 from ansible_collections.selfhost.rollback.plugins.module_utils._project import secret_values
 from ansible_collections.selfhost.rollback.plugins.module_utils._images import apply_archive, archive_changes
-from ansible_collections.selfhost.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.selfhost.rollback.plugins.module_utils._module import AppModule
 from ansible_collections.selfhost.rollback.plugins.module_utils import _artifacts, _operation, _project
 from ansible_collections.selfhost.rollback.plugins.module_utils._release import (

@@ -180,7 +180,7 @@ def test_env_values_are_read_as_compose_reads_them(ai_stack):
     """The env file parser against Compose itself, on the lines that trip hand-written parsers."""
     from ansible_collections.selfhost.rollback.plugins.module_utils._app import validate_app
     from ansible_collections.selfhost.rollback.plugins.module_utils._compose import Compose
-from ansible_collections.selfhost.rollback.plugins.module_utils._project import parse_env_text
+    from ansible_collections.selfhost.rollback.plugins.module_utils._project import parse_env_text
 
     stack = ai_stack
     lines = ['A="x" # comment', "B='y' # c2", "C=plain # c3", "D=plain#nospace", 'E="multi\\nline \\"q\\" \\$HOME"',

@@ -38,10 +38,7 @@ from ansible_collections.selfhost.rollback.plugins.module_utils._traffic import 
     window_of,
 )
 
-try:
-    from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
-except ImportError:
-    from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
+from ansible_collections.selfhost.rollback.plugins.module_utils._errors import OperatorError
 
 
 # ---------------------------------------------------------------------- weights for a share
