@@ -90,8 +90,11 @@ def test_sqlite_under_a_continuous_writer(tmp_path, module_playbook, docker_clie
         mountpoint = docker_client.volumes.get(f"{name}_data").attrs["Mountpoint"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if os.path.exists(f"{mountpoint}/app.db") and sqlite_invariant(f"{mountpoint}/app.db")[1] > 200:
-                break
+            try:
+                if os.path.exists(f"{mountpoint}/app.db") and sqlite_invariant(f"{mountpoint}/app.db")[1] > 200:
+                    break
+            except sqlite3.OperationalError:
+                pass  # the writer is still creating its tables (they come one statement at a time)
             time.sleep(0.3)
         run, result = module_playbook(BACKUP, {"app": app, "store": str(store)})
         assert run.rc == 0, run.stdout
